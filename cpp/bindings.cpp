@@ -1,0 +1,279 @@
+// pybind11 only: type conversion, the buffer protocol, GIL release and exception mapping.
+// Policy lives in Python (pyengine/upload.py); bytes never loop through Python.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+
+#include "cipher.hpp"
+#include "crc64.hpp"
+#include "hash.hpp"
+#include "pipeline.hpp"
+#include "stage_bench.hpp"
+
+namespace py = pybind11;
+using namespace pyengine;
+
+namespace {
+
+// A C-contiguous read-only view of any buffer exporter, released on scope exit (so a bytearray
+// passed in can be resized again afterwards). Non-contiguous input is refused with BufferError.
+class InputBuffer {
+ public:
+  explicit InputBuffer(const py::object& obj) {
+    if (PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_SIMPLE) != 0) throw py::error_already_set();
+  }
+  ~InputBuffer() { PyBuffer_Release(&view_); }
+  InputBuffer(const InputBuffer&) = delete;
+  InputBuffer& operator=(const InputBuffer&) = delete;
+  const uint8_t* data() const { return static_cast<const uint8_t*>(view_.buf); }
+  size_t size() const { return static_cast<size_t>(view_.len); }
+
+ private:
+  Py_buffer view_{};
+};
+
+py::bytes to_bytes(const uint8_t* p, size_t n) {
+  return py::bytes(reinterpret_cast<const char*>(p), n);
+}
+
+ContentKey to_key(const py::bytes& key) {
+  std::string s = key;
+  if (s.size() != 32) throw py::value_error("content_key must be 32 bytes");
+  ContentKey k;
+  std::memcpy(k.data(), s.data(), 32);
+  return k;
+}
+
+// Exports one pooled buffer read-only. Memoryviews keep it alive; the buffer goes back to the pool
+// when the Chunk released it and the last memoryview is gone.
+struct PooledView {
+  std::unique_ptr<Lease> lease;
+  size_t len_bytes;
+};
+
+struct Chunk {
+  uint64_t file_id, index, offset_bytes, plain_bytes, payload_bytes, crc64;
+  py::bytes xxh3_128;
+  py::object view;  // PooledView, or None once released
+};
+
+struct FileDone {
+  uint64_t file_id;
+  std::string path;
+  uint64_t size_bytes;
+  int64_t mtime_ns;
+  uint64_t inode, device, chunks;
+  py::object blake3;
+};
+
+struct FileFailed {
+  uint64_t file_id;
+  std::string path, kind, reason;
+  int errno_value;
+};
+
+py::object convert(Event& event) {
+  if (auto* c = std::get_if<ChunkEvent>(&event)) {
+    auto view = std::make_shared<PooledView>(PooledView{std::move(c->lease), c->payload_bytes});
+    return py::cast(Chunk{c->file_id, c->index, c->offset_bytes, c->plain_bytes, c->payload_bytes,
+                          c->crc64, to_bytes(c->xxh3_128.data(), 16), py::cast(view)});
+  }
+  if (auto* d = std::get_if<FileDoneEvent>(&event)) {
+    py::object digest = d->blake3 ? py::object(to_bytes(d->blake3->data(), 32)) : py::none();
+    return py::cast(FileDone{d->file_id, d->path, d->size_bytes, d->identity.mtime_ns,
+                             d->identity.inode, d->identity.device, d->chunks, digest});
+  }
+  auto& f = std::get<FileFailedEvent>(event);
+  return py::cast(FileFailed{f.file_id, f.path, failure_kind_name(f.kind), f.reason, f.errno_value});
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "pyengine native core: parallel chunk reader, xxh3-128, BLAKE3, Azure CRC64, AES-256-GCM";
+  m.attr("STAGE_READ") = static_cast<unsigned>(kStageRead);
+  m.attr("STAGE_XXH3") = static_cast<unsigned>(kStageXxh3);
+  m.attr("STAGE_CRC64") = static_cast<unsigned>(kStageCrc64);
+  m.attr("STAGE_BLAKE3") = static_cast<unsigned>(kStageBlake3);
+  m.attr("STAGE_ALL") = static_cast<unsigned>(kStageAll);
+  m.attr("REGION_BYTES") = kRegionBytes;
+  m.attr("REGION_OVERHEAD_BYTES") = kRegionOverheadBytes;
+
+  m.def(
+      "crc64",
+      [](const py::object& data, uint64_t crc) {
+        InputBuffer in(data);
+        py::gil_scoped_release nogil;
+        return pyengine::crc64(crc, in.data(), in.size());
+      },
+      py::arg("data"), py::arg("crc") = 0);
+  m.def(
+      "_crc64_portable",
+      [](const py::object& data, uint64_t crc) {
+        InputBuffer in(data);
+        py::gil_scoped_release nogil;
+        return crc64_portable(crc, in.data(), in.size());
+      },
+      py::arg("data"), py::arg("crc") = 0);
+  m.def("xxh3_128", [](const py::object& data) {
+    InputBuffer in(data);
+    Digest16 d;
+    {
+      py::gil_scoped_release nogil;
+      d = pyengine::xxh3_128(in.data(), in.size());
+    }
+    return to_bytes(d.data(), d.size());
+  });
+  m.def("blake3", [](const py::object& data) {
+    InputBuffer in(data);
+    Digest32 d;
+    {
+      py::gil_scoped_release nogil;
+      d = pyengine::blake3(in.data(), in.size());
+    }
+    return to_bytes(d.data(), d.size());
+  });
+  m.def(
+      "encrypt_regions",
+      [](const py::object& data, const py::bytes& content_key, uint64_t first_region) {
+        InputBuffer in(data);
+        ContentKey key = to_key(content_key);
+        std::string out(framed_bytes(in.size()), '\0');
+        {
+          py::gil_scoped_release nogil;
+          RegionCipher cipher;
+          cipher.set_key(key);
+          auto* dst = reinterpret_cast<uint8_t*>(out.data());
+          for (size_t r = 0; r * kRegionBytes < in.size(); ++r) {
+            const size_t n = std::min(kRegionBytes, in.size() - r * kRegionBytes);
+            uint8_t* frame = dst + r * (kRegionBytes + kRegionOverheadBytes);
+            std::memcpy(frame + kNonceBytes, in.data() + r * kRegionBytes, n);
+            cipher.encrypt_region(first_region + r, frame, n);
+          }
+        }
+        return py::bytes(out);
+      },
+      py::arg("data"), py::arg("content_key"), py::arg("first_region") = 0);
+  m.def(
+      "stage_seconds",
+      [](const std::string& stage, const py::object& data, int repeat) {
+        InputBuffer in(data);
+        py::gil_scoped_release nogil;
+        return pyengine::stage_seconds(stage, in.data(), in.size(), repeat);
+      },
+      py::arg("stage"), py::arg("data"), py::arg("repeat") = 1);
+  m.def("cpu_features", [] {
+    py::dict d;
+    for (auto& [name, on] : pyengine::cpu_features()) d[py::str(name)] = on;
+    return d;
+  });
+  m.def("_crc64_force_portable", &crc64_force_portable);
+
+  py::class_<PooledView, std::shared_ptr<PooledView>>(m, "_PooledView", py::buffer_protocol())
+      .def_buffer([](PooledView& v) {
+        return py::buffer_info(v.lease->data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(v.len_bytes)}, {1}, /*readonly=*/true);
+      });
+
+  py::class_<Chunk>(m, "Chunk")
+      .def_readonly("file_id", &Chunk::file_id)
+      .def_readonly("index", &Chunk::index)
+      .def_readonly("offset_bytes", &Chunk::offset_bytes)
+      .def_readonly("plain_bytes", &Chunk::plain_bytes)
+      .def_readonly("payload_bytes", &Chunk::payload_bytes)
+      .def_readonly("xxh3_128", &Chunk::xxh3_128)
+      .def_readonly("crc64", &Chunk::crc64)
+      .def_property_readonly("data",
+                             [](const Chunk& c) {
+                               if (c.view.is_none()) throw py::value_error("chunk was released");
+                               return py::memoryview(c.view);
+                             })
+      .def("release", [](Chunk& c) { c.view = py::none(); })
+      .def("__enter__", [](Chunk& c) -> Chunk& { return c; }, py::return_value_policy::reference)
+      .def("__exit__", [](Chunk& c, const py::args&) { c.view = py::none(); })
+      .def("__repr__", [](const Chunk& c) {
+        return "<Chunk file_id=" + std::to_string(c.file_id) + " index=" +
+               std::to_string(c.index) + " plain_bytes=" + std::to_string(c.plain_bytes) + ">";
+      });
+
+  py::class_<FileDone>(m, "FileDone")
+      .def_readonly("file_id", &FileDone::file_id)
+      .def_readonly("path", &FileDone::path)
+      .def_readonly("size_bytes", &FileDone::size_bytes)
+      .def_readonly("mtime_ns", &FileDone::mtime_ns)
+      .def_readonly("inode", &FileDone::inode)
+      .def_readonly("device", &FileDone::device)
+      .def_readonly("chunks", &FileDone::chunks)
+      .def_readonly("blake3", &FileDone::blake3);
+
+  py::class_<FileFailed>(m, "FileFailed")
+      .def_readonly("file_id", &FileFailed::file_id)
+      .def_readonly("path", &FileFailed::path)
+      .def_readonly("kind", &FileFailed::kind)
+      .def_readonly("errno", &FileFailed::errno_value)
+      .def_readonly("reason", &FileFailed::reason)
+      .def_property_readonly("message",
+                             [](const FileFailed& f) { return f.path + ": " + f.reason; })
+      .def_property_readonly("error", [](const FileFailed& f) {
+        py::module_ errors = py::module_::import("pyengine.errors");
+        const char* cls = f.kind == "changed" ? "FileChangedError" : "SourceError";
+        return errors.attr(cls)(f.path, f.reason);
+      });
+
+  py::class_<PoolStats>(m, "PoolStats")
+      .def_readonly("cap_bytes", &PoolStats::cap_bytes)
+      .def_readonly("allocated_bytes", &PoolStats::allocated_bytes)
+      .def_readonly("in_use_bytes", &PoolStats::in_use_bytes)
+      .def_readonly("in_use_buffers", &PoolStats::in_use_buffers)
+      .def_readonly("waits", &PoolStats::waits);
+
+  py::class_<Pipeline>(m, "Pipeline")
+      .def(py::init<unsigned, size_t, bool>(), py::arg("threads"), py::arg("memory_cap_bytes"),
+           py::arg("direct_io") = false)
+      .def(
+          "submit",
+          [](Pipeline& p, uint64_t file_id, const std::string& path, uint64_t size_bytes,
+             uint64_t chunk_bytes, uint64_t offset_bytes, int64_t length_bytes,
+             const std::optional<py::bytes>& content_key, unsigned stages) {
+            SubmitRequest r;
+            r.file_id = file_id;
+            r.path = path;
+            r.size_bytes = size_bytes;
+            r.chunk_bytes = chunk_bytes;
+            r.offset_bytes = offset_bytes;
+            r.length_bytes = length_bytes;
+            if (content_key) r.content_key = to_key(*content_key);
+            r.stages = stages;
+            py::gil_scoped_release nogil;
+            p.submit(std::move(r));
+          },
+          py::arg("file_id"), py::arg("path"), py::kw_only(), py::arg("size_bytes"),
+          py::arg("chunk_bytes"), py::arg("offset_bytes") = 0, py::arg("length_bytes") = -1,
+          py::arg("content_key") = py::none(), py::arg("stages") = static_cast<unsigned>(kStageAll))
+      .def("fileno", &Pipeline::fileno)
+      .def(
+          "poll",
+          [](Pipeline& p, size_t max_events) {
+            std::vector<Event> events;
+            {
+              py::gil_scoped_release nogil;
+              events = p.poll(max_events);
+            }
+            py::list out;
+            for (auto& e : events) out.append(convert(e));
+            return out;
+          },
+          py::arg("max_events") = 1024)
+      .def("wait", &Pipeline::wait, py::arg("timeout_s") = -1.0,
+           py::call_guard<py::gil_scoped_release>())
+      .def("files_in_flight", &Pipeline::files_in_flight)
+      .def("pool_stats", &Pipeline::pool_stats)
+      .def("close", &Pipeline::close, py::call_guard<py::gil_scoped_release>())
+      .def("__enter__", [](Pipeline& p) -> Pipeline& { return p; },
+           py::return_value_policy::reference)
+      .def("__exit__", [](Pipeline& p, const py::args&) {
+        py::gil_scoped_release nogil;
+        p.close();
+      });
+}

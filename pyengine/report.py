@@ -1,0 +1,67 @@
+"""Events streamed during a job and the report returned at its end."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+EventKind = Literal[
+    "job_started",  # total files/bytes known so far (scan is streamed: totals grow)
+    "file_started",
+    "progress",  # bytes acknowledged by the destination
+    "file_copied",
+    "file_skipped",
+    "file_failed",
+    "job_finished",
+]
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: EventKind
+    path: str | None = None  # path relative to the source root
+    blob: str | None = None
+    bytes: int = 0
+    reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, {}, 0)}
+        out["kind"] = self.kind
+        return out
+
+
+@dataclass
+class CopyReport:
+    job_id: str = ""
+    files_copied: int = 0
+    files_skipped: int = 0
+    files_failed: int = 0
+    bytes_copied: int = 0
+    bytes_skipped: int = 0
+    bytes_failed: int = 0
+    elapsed_s: float = 0.0
+    #: (relative path, one-line reason)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    #: destination blobs whose source file no longer exists (reported, deleted only on request)
+    deleted_at_source: list[str] = field(default_factory=list)
+
+    @property
+    def files_total(self) -> int:
+        return self.files_copied + self.files_skipped + self.files_failed
+
+    @property
+    def bytes_total(self) -> int:
+        return self.bytes_copied + self.bytes_skipped + self.bytes_failed
+
+    @property
+    def ok(self) -> bool:
+        return self.files_failed == 0
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["files_total"] = self.files_total
+        d["bytes_total"] = self.bytes_total
+        d["failures"] = [{"path": p, "reason": r} for p, r in self.failures]
+        return d
