@@ -1,0 +1,171 @@
+"""Planning: block sizes, blob names, block IDs, encrypted sizes and blob metadata.
+
+Pure functions only (no I/O, no clock): the journal stores their results, so the same input must
+give the same answer on every run and after a restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+
+from .errors import SourceError
+from .options import MAX_BLOCK_BYTES, MAX_BLOCKS_PER_BLOB, REGION_BYTES, MiB
+from .source import display_path
+
+#: Azure CSE v2 adds a 12-byte nonce and a 16-byte GCM tag to every started 4 MiB region.
+REGION_OVERHEAD_BYTES = 12 + 16
+#: Azure: "A blob name must be at least one character long and cannot be more than 1,024
+#: characters long" (Data Box: 880); "the number of path segments ... cannot exceed 254".
+MAX_BLOB_NAME_CHARS = 1024
+MAX_BLOB_NAME_SEGMENTS = 254
+#: block index width in a block ID: 50,000 blocks per blob fit in 6 digits
+BLOCK_INDEX_DIGITS = 6
+
+_UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
+_BLOCK_ID_RE = re.compile(r"([0-9a-f]{32})-([0-9]{6})")
+
+
+def choose_block_bytes(
+    size_bytes: int,
+    *,
+    min_block_bytes: int = 8 * MiB,
+    encrypt: bool = False,
+    path: str | None = None,
+) -> int:
+    """Block size for a file of ``size_bytes``: the smallest power of two that is at least
+    ``min_block_bytes`` (and at least one 4 MiB region when encrypting, so that every block holds
+    whole GCM regions and blocks can be encrypted independently) and keeps the blob within
+    50,000 blocks.
+
+    Powers of two keep region boundaries aligned with block boundaries. The largest power of two
+    within the 4000 MiB block limit is 2 GiB, so a blob holds at most 100 TiB; a larger file
+    raises :class:`SourceError` naming ``path``.
+    """
+    if size_bytes < 0:
+        raise ValueError(f"size_bytes must be >= 0, got {size_bytes}")
+    if min_block_bytes <= 0:
+        raise ValueError(f"min_block_bytes must be > 0, got {min_block_bytes}")
+    floor_bytes = max(min_block_bytes, REGION_BYTES) if encrypt else min_block_bytes
+    block_bytes = 1 << (floor_bytes - 1).bit_length()  # smallest power of two >= floor_bytes
+    # ceil(size / block) <= MAX_BLOCKS  <=>  size <= block * MAX_BLOCKS
+    while size_bytes > block_bytes * MAX_BLOCKS_PER_BLOB:
+        block_bytes <<= 1
+    if block_bytes > MAX_BLOCK_BYTES:
+        limit_bytes = (1 << (MAX_BLOCK_BYTES.bit_length() - 1)) * MAX_BLOCKS_PER_BLOB
+        raise SourceError(
+            path or "<file>",
+            f"file too large for one block blob: {size_bytes} bytes > {limit_bytes} bytes "
+            f"({MAX_BLOCKS_PER_BLOB} blocks of at most 2 GiB)",
+        )
+    return block_bytes
+
+
+def blob_name(prefix: str, rel_path: str, *, max_len: int = MAX_BLOB_NAME_CHARS) -> str:
+    """``prefix + rel_path``, checked against the blob naming rules.
+
+    ``prefix`` is empty or ends with ``/``; ``rel_path`` uses ``/`` separators. Raises
+    :class:`SourceError` (subject ``rel_path``) for names Azure rejects or silently alters: longer
+    than ``max_len`` characters (1024; pass 880 for Data Box), more than 254 segments, empty
+    segments (``a//b``), ``.`` or ``..`` segments (URL normalisation would move the blob), a name
+    ending in ``/`` or ``.``, or a name that is not valid UTF-8 (undecodable file names).
+    """
+    if prefix and not prefix.endswith("/"):
+        raise ValueError(f"blob prefix must be empty or end with '/', got {prefix!r}")
+    name = prefix + rel_path
+    if not rel_path:
+        raise SourceError(rel_path, "empty blob name")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SourceError(display_path(rel_path), "file name is not valid UTF-8") from None
+    if len(name) > max_len:
+        raise SourceError(rel_path, f"blob name too long: {len(name)} characters > {max_len}")
+    if name.endswith(("/", ".")):
+        raise SourceError(rel_path, "blob name must not end with '/' or '.'")
+    segments = name.split("/")
+    if len(segments) > MAX_BLOB_NAME_SEGMENTS:
+        raise SourceError(
+            rel_path, f"blob name has {len(segments)} path segments > {MAX_BLOB_NAME_SEGMENTS}"
+        )
+    for segment in segments:
+        if segment == "":
+            raise SourceError(rel_path, "blob name has an empty path segment")
+        if segment in (".", ".."):
+            raise SourceError(rel_path, f"blob name has a '{segment}' path segment")
+    return name
+
+
+def new_upload_id() -> str:
+    """A fresh random upload id (32 lowercase hex characters) for one version of one file."""
+    return secrets.token_hex(16)
+
+
+def block_id(upload_id: str, index: int) -> str:
+    """Block ID of block ``index`` of the upload ``upload_id``.
+
+    Base64 of the fixed-length ASCII string ``f"{upload_id}-{index:06d}"`` (39 bytes → 52
+    characters, no padding). Azure requires every block ID of a blob to have the same length, and
+    embedding the upload id lets a restarted job recognise its own uncommitted blocks in Get Block
+    List (same upload id = same file version, resend only what is missing) while a stale block of
+    another writer or file version never matches.
+    """
+    if not _UPLOAD_ID_RE.fullmatch(upload_id):
+        raise ValueError("upload_id must be 32 lowercase hex characters")
+    if not 0 <= index < MAX_BLOCKS_PER_BLOB:
+        raise ValueError(f"block index must be in [0, {MAX_BLOCKS_PER_BLOB}), got {index}")
+    raw = f"{upload_id}-{index:0{BLOCK_INDEX_DIGITS}d}".encode("ascii")
+    return base64.b64encode(raw).decode("ascii")
+
+
+def parse_block_id(block_id: str) -> tuple[str, int] | None:
+    """``(upload_id, index)`` of a block ID made by :func:`block_id`; None for any other ID."""
+    try:
+        raw = base64.b64decode(block_id, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    match = _BLOCK_ID_RE.fullmatch(raw.decode("ascii", errors="replace"))
+    if match is None:
+        return None
+    return match.group(1), int(match.group(2))
+
+
+def encrypted_bytes(plain_bytes: int) -> int:
+    """Stored size of ``plain_bytes`` of plaintext under Azure CSE v2: each started 4 MiB region
+    adds a 12-byte nonce and a 16-byte tag.
+
+    An empty file stays empty (0 → 0): the SDK's ``GCMBlobEncryptionStream`` emits no region for
+    empty input and ``get_adjusted_upload_size(0, "2.0")`` is 0, and its decryption of an empty
+    body returns ``b""``; we match that rather than writing one tagged empty region.
+    """
+    if plain_bytes < 0:
+        raise ValueError(f"plain_bytes must be >= 0, got {plain_bytes}")
+    regions = -(-plain_bytes // REGION_BYTES)
+    return plain_bytes + regions * REGION_OVERHEAD_BYTES
+
+
+def blob_metadata(
+    *,
+    size_bytes: int,
+    mtime_ns: int,
+    blake3_hex: str,
+    upload_id: str,
+    encryptiondata: str | None = None,
+) -> dict[str, str]:
+    """Blob metadata recording the source version a blob was made from.
+
+    Keys are C# identifiers (Azure rejects metadata names with hyphens), hence ``pyengine_*``.
+    ``pyengine_size`` is the plaintext size; ``pyengine_blake3`` the plaintext BLAKE3 (= b3sum).
+    ``encryptiondata`` is the CSE v2 JSON, under the exact key the Azure SDKs read.
+    """
+    metadata = {
+        "pyengine_size": str(size_bytes),
+        "pyengine_mtime_ns": str(mtime_ns),
+        "pyengine_blake3": blake3_hex,
+        "pyengine_upload_id": upload_id,
+    }
+    if encryptiondata is not None:
+        metadata["encryptiondata"] = encryptiondata
+    return metadata
