@@ -1,0 +1,66 @@
+# Every target does its own set-up on a fresh Debian/Ubuntu box: apt packages, the Python package
+# in .venv (built with its native core), and Azurite from npm.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+AZURITE := node_modules/.bin/azurite-blob
+APT_PACKAGES := build-essential cmake pkg-config libssl-dev libxxhash-dev librust-blake3-dev b3sum \
+	nodejs npm nginx-light python3-venv python3-dev
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+NATIVE_SOURCES := $(wildcard cpp/*.cpp cpp/*.hpp cpp/*.c cpp/tests/*.cpp) CMakeLists.txt pyproject.toml
+
+.PHONY: all deps setup test demo bench sanitize native-test lint clean
+
+all: test
+
+# Installs only what is missing, so a prepared machine pays one dpkg query.
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install $$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: $(NATIVE_SOURCES) | deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+$(AZURITE): | deps
+	npm install --no-audit --no-fund --no-save --silent azurite@3
+
+setup: deps $(VENV)/.installed $(AZURITE)
+
+lint: setup
+	$(VENV)/bin/ruff check pyengine tests benches scripts
+	$(VENV)/bin/ruff format --check pyengine tests benches scripts
+
+# The native test program, plain and under AddressSanitizer + UndefinedBehaviorSanitizer.
+native-test: deps
+	cmake -S . -B build-native -DPYENGINE_BUILD_PYTHON=OFF -DPYENGINE_BUILD_TESTS=ON \
+	  -DCMAKE_BUILD_TYPE=Release -DCMAKE_COMPILE_WARNING_AS_ERROR=ON > /dev/null
+	cmake --build build-native -j2
+	./build-native/test_core
+
+sanitize: deps
+	cmake -S . -B build-asan -DPYENGINE_BUILD_PYTHON=OFF -DPYENGINE_BUILD_TESTS=ON \
+	  -DPYENGINE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug > /dev/null
+	cmake --build build-asan -j2
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./build-asan/test_core
+
+test: setup lint native-test sanitize
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) scripts/demo.py
+
+bench: setup
+	$(VENV)/bin/pyengine bench native
+	$(PY) -m pytest benches -q --benchmark-only --benchmark-columns=min,mean,ops
+
+clean:
+	rm -rf build build-native build-asan $(VENV) node_modules .pytest_cache .demo
