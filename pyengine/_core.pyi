@@ -1,4 +1,6 @@
-"""Typed surface of the native core (cpp/bindings.cpp). Every call that touches bytes releases the GIL."""
+"""Typed surface of the native core (cpp/bindings.cpp).
+
+Every call that touches bytes releases the GIL."""
 
 from collections.abc import Buffer
 
@@ -8,7 +10,7 @@ STAGE_XXH3: int
 STAGE_CRC64: int
 STAGE_BLAKE3: int
 STAGE_ALL: int  # read + xxh3 + crc64 + blake3 (+ AES-GCM when a content key is given)
-#: Azure client-side encryption v2: plaintext region and per-region overhead (12-byte nonce + 16-byte tag)
+#: Azure client-side encryption v2: plaintext region, per-region overhead (nonce 12 + tag 16)
 REGION_BYTES: int  # 4 MiB
 REGION_OVERHEAD_BYTES: int  # 28
 
@@ -16,7 +18,7 @@ def crc64(data: Buffer, crc: int = 0) -> int:
     """Azure Storage CRC64 (the x-ms-content-crc64 value) of data, continuing from crc."""
 
 def xxh3_128(data: Buffer) -> bytes:
-    """16-byte canonical (big-endian) XXH3-128 digest, equal to xxhash.xxh3_128(data).digest()."""
+    """16-byte canonical (big-endian) XXH3-128, equal to xxhash.xxh3_128(data).digest()."""
 
 def blake3(data: Buffer) -> bytes:
     """32-byte BLAKE3 of data (the official C implementation, serial)."""
@@ -25,7 +27,9 @@ def encrypt_regions(data: Buffer, content_key: bytes, first_region: int = 0) -> 
     """Azure CSE v2 framing: per 4 MiB region nonce(12, region index big-endian) | ct | tag(16)."""
 
 def stage_seconds(stage: str, data: Buffer, repeat: int = 1) -> float:
-    """Seconds one thread spends on `stage` ('xxh3', 'crc64', 'blake3', 'aes_gcm', 'copy') over data."""
+    """Seconds one thread spends on a stage over data.
+
+    stage: 'xxh3', 'crc64', 'blake3', 'aes_gcm' or 'copy'."""
 
 def cpu_features() -> dict[str, bool]: ...
 
@@ -46,7 +50,7 @@ class Chunk:
     @property
     def data(self) -> memoryview: ...
     def release(self) -> None: ...
-    def __enter__(self) -> "Chunk": ...
+    def __enter__(self) -> Chunk: ...
     def __exit__(self, *exc: object) -> None: ...
 
 class FileDone:
@@ -59,7 +63,9 @@ class FileDone:
     inode: int
     device: int
     chunks: int
-    blake3: bytes | None  # whole-file plaintext BLAKE3 (= b3sum); None when a partial range was read
+    blake3: (
+        bytes | None
+    )  # whole-file plaintext BLAKE3 (= b3sum); None when a partial range was read
 
 class FileFailed:
     """The file could not be read as planned. Chunks already emitted for it must be discarded."""
@@ -113,5 +119,5 @@ class Pipeline:
     def files_in_flight(self) -> int: ...
     def pool_stats(self) -> PoolStats: ...
     def close(self) -> None: ...
-    def __enter__(self) -> "Pipeline": ...
+    def __enter__(self) -> Pipeline: ...
     def __exit__(self, *exc: object) -> None: ...

@@ -55,6 +55,8 @@ class CopyOptions:
     check: Literal["metadata", "hash", "none"] = "metadata"
     #: SQLite job store; None = the user's state directory
     journal_path: str | None = None
+    #: audit manifest (JSONL); None = <journal dir>/manifests/<job_id>.jsonl
+    manifest_path: str | None = None
     delete_destination: bool = False
     #: bypass the page cache (O_DIRECT) for reads that are not encrypted
     direct_io: bool = False

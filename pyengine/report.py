@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 EventKind = Literal[
-    "job_started",  # total files/bytes known so far (scan is streamed: totals grow)
+    "job_started",
+    "file_planned",  # dry run
+    "deleted_at_source",
+    "file_deleted",  # total files/bytes known so far (scan is streamed: totals grow)
     "file_started",
     "progress",  # bytes acknowledged by the destination
     "file_copied",
@@ -46,6 +49,9 @@ class CopyReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     #: destination blobs whose source file no longer exists (reported, deleted only on request)
     deleted_at_source: list[str] = field(default_factory=list)
+    manifest_path: str | None = None
+    #: a dry run counts every planned file as skipped and sends nothing
+    dry_run: bool = False
 
     @property
     def files_total(self) -> int:
