@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 AZURITE := node_modules/.bin/azurite-blob
 APT_PACKAGES := build-essential cmake pkg-config libssl-dev libxxhash-dev librust-blake3-dev b3sum \
-	nodejs npm nginx-light python3-venv python3-dev
+	nginx-light
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NATIVE_SOURCES := $(wildcard cpp/*.cpp cpp/*.hpp cpp/*.c cpp/tests/*.cpp) CMakeLists.txt pyproject.toml
 
@@ -14,9 +14,15 @@ NATIVE_SOURCES := $(wildcard cpp/*.cpp cpp/*.hpp cpp/*.c cpp/tests/*.cpp) CMakeL
 
 all: test
 
-# Installs only what is missing, so a prepared machine pays one dpkg query.
+# Installs only what is missing, so a prepared machine pays one dpkg query. Node.js, venv and the
+# Python headers are checked by what they provide: a NodeSource nodejs ships its own npm (Debian's
+# npm package conflicts with it) and a non-Debian Python brings its own venv and headers.
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
+	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	$(PYTHON) -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' \
+	  >/dev/null 2>&1 || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt-get install $$missing"; \
 	  $(SUDO) apt-get update -qq && \
