@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from base64 import b64encode
+from base64 import b64decode, b64encode
 from collections.abc import Mapping
 from importlib import metadata as _metadata
 from typing import Any, Protocol
 
-from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from .errors import ConfigError
 
@@ -150,6 +150,22 @@ def encryption_metadata(content_key: bytes, kek: KeyEncryptionKey) -> str:
     }
     # ensure_ascii (the default, as in the SDK): metadata travels in HTTP headers
     return json.dumps(data)
+
+
+def content_key_from_metadata(encryptiondata: str, kek: KeyEncryptionKey) -> bytes | None:
+    """The content key wrapped in an ``encryptiondata`` value, or None when ``kek`` is not the
+    key that wrapped it (another kid) or the value is not ours to read (not v2)."""
+    try:
+        data = json.loads(encryptiondata)
+        wrapped = data["WrappedContentKey"]
+        if data["EncryptionAgent"]["Protocol"] != PROTOCOL_V2 or wrapped["KeyId"] != kek.get_kid():
+            return None
+        plain = kek.unwrap_key(b64decode(wrapped["EncryptedKey"]), wrapped["Algorithm"])
+    except (ValueError, KeyError, TypeError, InvalidUnwrap):
+        return None
+    if len(plain) != len(_V2_WRAP_PREFIX) + KEY_BYTES or not plain.startswith(_V2_WRAP_PREFIX):
+        return None
+    return plain[len(_V2_WRAP_PREFIX) :]
 
 
 def decrypt_with_sdk(ciphertext: bytes, encryptiondata: str, kek: KeyEncryptionKey) -> bytes:

@@ -146,6 +146,9 @@ class FileRecord:
     #: set by begin_file only: "changed" when an older version was replaced, else None
     previous_state: str | None = None
     updated_ns: int = 0
+    #: the blob's `encryptiondata` (content key wrapped by the KEK: not a secret, the same value
+    #: goes into the blob metadata); lets a resumed job re-create identical ciphertext blocks
+    encryptiondata: str | None = None
 
     @property
     def identity(self) -> tuple[int, int, int, int]:
@@ -221,7 +224,8 @@ CREATE TABLE files (
     etag TEXT,
     blake3_hex TEXT,
     error TEXT,
-    updated_ns INTEGER NOT NULL
+    updated_ns INTEGER NOT NULL,
+    encryptiondata TEXT
 );
 -- one row per path and job: the latest version (lookup on resume, keyset paging, summaries)
 CREATE UNIQUE INDEX files_by_path ON files (job_id, rel_path);
@@ -242,10 +246,10 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
 
 _FILE_COLUMNS = (
     "file_id, job_id, rel_path, size_bytes, mtime_ns, inode, device, blob_name, upload_id,"
-    " block_bytes, encrypted, state, etag, blake3_hex, error, updated_ns"
+    " block_bytes, encrypted, state, etag, blake3_hex, error, updated_ns, encryptiondata"
 )
 
-_SQL_INSERT_FILE = f"INSERT INTO files ({_FILE_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+_SQL_INSERT_FILE = f"INSERT INTO files ({_FILE_COLUMNS}) VALUES ({', '.join('?' * 17)})"
 _SQL_FILE_BY_PATH = f"SELECT {_FILE_COLUMNS} FROM files WHERE job_id = ? AND rel_path = ?"
 _SQL_DELETE_FILE = "DELETE FROM files WHERE file_id = ?"
 # A late acknowledgement for a version that begin_file has since replaced must not fail the whole
@@ -254,6 +258,7 @@ _SQL_ACK = (
     "INSERT OR REPLACE INTO blocks (file_id, block_index, length_bytes, crc64, xxh3_128)"
     " SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM files WHERE file_id = ?1)"
 )
+_SQL_ENCRYPTION = "UPDATE files SET encryptiondata = ? WHERE file_id = ?"
 _SQL_STATE = "UPDATE files SET state = ?, error = ?, updated_ns = ? WHERE file_id = ?"
 _SQL_COMMITTED = (
     "UPDATE files SET state = 'committed', etag = ?, blake3_hex = ?, error = NULL, updated_ns = ?"
@@ -617,6 +622,7 @@ class Journal:
             blake3_hex,
             error,
             updated_ns,
+            encryptiondata,
         ) = row
         return FileRecord(
             file_id=file_id,
@@ -635,6 +641,7 @@ class Journal:
             blake3_hex=blake3_hex,
             error=error,
             updated_ns=updated_ns,
+            encryptiondata=encryptiondata,
         )
 
     def file_record(self, job_id: str, rel_path: str) -> FileRecord | None:
@@ -719,6 +726,7 @@ class Journal:
                 None,
                 None,
                 now_ns,
+                None,
             ),
             record.file_id,
             (job_id, rel_path),
@@ -750,6 +758,10 @@ class Journal:
 
     def _set_state(self, file_id: int, state: str, error: str | None = None) -> None:
         self._append(_SQL_STATE, (state, error, time.time_ns(), file_id), file_id)
+
+    def set_encryption(self, file_id: int, encryptiondata: str) -> None:
+        """Record the wrapped content key of an encrypted file version (before its first ack)."""
+        self._append(_SQL_ENCRYPTION, (encryptiondata, file_id), file_id)
 
     def mark_uploading(self, file_id: int) -> None:
         self._set_state(file_id, "uploading")

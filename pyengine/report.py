@@ -45,6 +45,10 @@ class CopyReport:
     bytes_skipped: int = 0
     bytes_failed: int = 0
     elapsed_s: float = 0.0
+    #: Put Block requests acknowledged in this run, and blocks found already staged by an earlier
+    #: run of the job (re-read and re-hashed locally, not sent again)
+    blocks_sent: int = 0
+    blocks_resumed: int = 0
     #: (relative path, one-line reason)
     failures: list[tuple[str, str]] = field(default_factory=list)
     #: destination blobs whose source file no longer exists (reported, deleted only on request)

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import _core
 from .blob import BlobProps, BlobStore, Destination, parse_destination, redact, resolve_credential
-from .crypto import encryption_metadata, new_content_key
+from .crypto import content_key_from_metadata, encryption_metadata, new_content_key
 from .errors import ConfigError, PyEngineError, SourceError
 from .journal import FileRecord, Journal
 from .manifest import ManifestEntry, ManifestWriter, default_manifest_path
@@ -186,6 +186,7 @@ class _Job:
             # Acknowledged in an earlier run and still staged at the service; its bytes were just
             # re-read and re-hashed, and they match what was sent then.
             task.acked.add(chunk.index)
+            self.report.blocks_resumed += 1
             chunk.release()
             self.emit("progress", path=task.src.rel_path, bytes=chunk.plain_bytes)
         else:
@@ -216,6 +217,7 @@ class _Job:
                     task.failure = e.reason
                 return
             task.acked.add(chunk.index)
+            self.report.blocks_sent += 1
             if self.journal is not None:
                 self.journal.ack_block(
                     task.record.file_id,
@@ -388,28 +390,46 @@ class _Job:
     async def resumable_blocks(self, record: FileRecord) -> set[int]:
         """Blocks acknowledged in an earlier run that the service still holds uncommitted."""
         acked = record.acked_blocks or {}
-        if not acked or record.encrypted:
-            # Encrypted blocks depend on the content key, which is never stored: resend them.
+        if not acked:
             return set()
         assert self.store is not None
         staged = {bid for bid, _ in await self.store.get_block_list(record.blob_name)}
         return {i for i in acked if block_id(record.upload_id, i) in staged}
+
+    def content_key_for(self, record: FileRecord) -> tuple[bytes | None, str | None]:
+        """The content key of an encrypted file version: the journaled one when this KEK unwraps
+        it (the resumed blocks were encrypted with it), else a new one, journaled before any
+        block is acknowledged. Only the wrapped form is stored: it is the blob's own metadata."""
+        if not self.options.encrypt:
+            return None, None
+        kek = self.options.kek
+        if record.encryptiondata:
+            key = content_key_from_metadata(record.encryptiondata, kek)
+            if key is not None:
+                return key, record.encryptiondata
+        key = new_content_key()
+        encryptiondata = encryption_metadata(key, kek)
+        assert self.journal is not None
+        self.journal.set_encryption(record.file_id, encryptiondata)
+        record.encryptiondata = None  # the blocks of any earlier key no longer count
+        return key, encryptiondata
 
     async def send_file(
         self, src: SourceFile, record: FileRecord, chunk_bytes: int, single_put: bool
     ) -> None:
         assert self.journal is not None and self.store is not None
         opts = self.options
-        content_key = new_content_key() if opts.encrypt else None
+        content_key, encryptiondata = self.content_key_for(record)
         task = _FileTask(
             src=src,
             record=record,
             chunk_bytes=chunk_bytes,
             single_put=single_put,
             content_key=content_key,
-            encryptiondata=encryption_metadata(content_key, opts.kek) if content_key else None,
-            resumable=set() if single_put else await self.resumable_blocks(record),
+            encryptiondata=encryptiondata,
         )
+        if not single_put and (content_key is None or encryptiondata == record.encryptiondata):
+            task.resumable = await self.resumable_blocks(record)
         task.finished = asyncio.get_running_loop().create_future()
         self.journal.mark_uploading(record.file_id)
         self.emit(
