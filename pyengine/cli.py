@@ -31,7 +31,8 @@ from .report import CopyReport, Event
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-stderr = Console(stderr=True, highlight=False)
+# soft_wrap: an error stays on one line whatever the terminal width (scripts grep for it)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -226,7 +227,11 @@ class _Presenter:
         self.bytes_known = 0
 
     def __enter__(self) -> _Presenter:
-        if not self.as_json:
+        return self
+
+    def _start(self) -> Progress:
+        # Started on the first event, so an error before the job starts prints alone.
+        if self.progress is None:
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -239,7 +244,7 @@ class _Presenter:
             )
             self.progress.start()
             self.bytes_task = self.progress.add_task("copy", total=0, files="0 files")
-        return self
+        return self.progress
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
@@ -249,6 +254,7 @@ class _Presenter:
         if self.as_json:
             print(json.dumps(ev.to_json(), ensure_ascii=False), flush=True)
             return
+        self._start()
         assert self.progress is not None
         if ev.kind == "file_started":
             self.files_known += 1
@@ -360,6 +366,7 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
                     print(json.dumps(_job_json(info)))
                 return EXIT_OK
             table = Table("job", "status", "source", "destination", "files", "bytes")
+            table.columns[0].no_wrap = True
             for info in jobs:
                 table.add_row(
                     info.job_id,
@@ -369,7 +376,7 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
                     str(sum(info.files_by_state.values())),
                     _human(sum(info.bytes_by_state.values())),
                 )
-            Console().print(table)
+            Console(soft_wrap=True).print(table)
             return EXIT_OK
         info = journal.get_job(args.job)
         summary = journal.summary(args.job)

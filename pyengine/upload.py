@@ -546,8 +546,8 @@ class _Job:
         start = time.monotonic()
         if opts.encrypt and opts.kek is None:
             raise ConfigError("--encrypt", "a key-encryption key is required (--kek-file)")
-        if not os.path.exists(self.source):
-            raise SourceError(self.source, "no such file or directory")
+        if not os.path.exists(self.source):  # the job cannot start: a usage error (exit 2)
+            raise ConfigError(self.source, "no such file or directory")
         credential = resolve_credential(self.dest, opts.connection_string)
         async with BlobStore(
             self.dest, credential, retry=opts.retry, max_connections=opts.max_concurrency
