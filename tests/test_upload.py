@@ -15,9 +15,9 @@ MiB = 1024 * 1024
 pytestmark = pytest.mark.integration
 
 
-async def interrupted_then_resumed(src, dest, options, stop_after_blocks):
+async def interrupted_then_resumed(src, dest, options, stop_after_blocks, resume_options=None):
     """Runs a copy, cancels it after `stop_after_blocks` acknowledged blocks (the journal keeps
-    them), then runs the same copy again; returns both reports (the first is None)."""
+    them), then runs the copy again (with resume_options if given); returns the second report."""
     seen = 0
     main = None
 
@@ -31,7 +31,7 @@ async def interrupted_then_resumed(src, dest, options, stop_after_blocks):
     main = asyncio.ensure_future(pyengine.copy(src, dest, options, on_event=on_event))
     with pytest.raises(asyncio.CancelledError):
         await main
-    return await pyengine.copy(src, dest, options)
+    return await pyengine.copy(src, dest, resume_options or options)
 
 
 @pytest.mark.parametrize("encrypt", [False, True], ids=["plain", "encrypted"])
@@ -80,25 +80,8 @@ def test_resume_with_another_kek_starts_the_file_over(tmp_path, azurite, contain
         kek=LocalKeyWrapper(os.urandom(32)),
     )
     new_key = os.urandom(32)
-
-    async def run():
-        seen = 0
-        main = None
-
-        def on_event(ev):
-            nonlocal seen
-            if ev.kind == "progress":
-                seen += 1
-                if seen == 3:
-                    main.cancel()
-
-        main = asyncio.ensure_future(pyengine.copy(str(src), container, first, on_event=on_event))
-        with pytest.raises(asyncio.CancelledError):
-            await main
-        second = pyengine.CopyOptions(**{**first.__dict__, "kek": LocalKeyWrapper(new_key)})
-        return await pyengine.copy(str(src), container, second)
-
-    report = asyncio.run(run())
+    second = pyengine.CopyOptions(**{**first.__dict__, "kek": LocalKeyWrapper(new_key)})
+    report = asyncio.run(interrupted_then_resumed(str(src), container, first, 3, second))
     # blocks encrypted under the first content key cannot be unwrapped with the new KEK: all resent
     assert report.blocks_resumed == 0 and report.blocks_sent == 6 and report.files_copied == 1
     name = container.rsplit("/", 1)[1]
