@@ -30,9 +30,10 @@ from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import aiohttp
 from aiohttp.payload import Payload
+from azure.core.exceptions import ClientAuthenticationError
 from yarl import URL
 
-from .errors import AuthError, ConfigError, DestinationError
+from .errors import AuthError, ConfigError, ContainerNotFoundError, DestinationError
 from .options import RetryPolicy
 from .pacer import RETRY_EXCEPTIONS, Pacer, RetryableHTTPError
 
@@ -516,6 +517,14 @@ class BlobStore:
             raise DestinationError(
                 subject, redact(f"{what}: {type(exc).__name__}: {exc}".strip())
             ) from None
+        except ClientAuthenticationError:
+            # azure-identity found no credential or was refused one; its message spans a dozen
+            # lines (one per credential tried), so it is summed up here
+            raise AuthError(
+                subject,
+                "no usable credential: give --connection-string, a SAS on the URL, "
+                "$AZURE_STORAGE_KEY, or sign in for azure-identity (az login, managed identity)",
+            ) from None
         finally:
             self.stats.retries = self.pacer.retries
 
@@ -554,7 +563,7 @@ class BlobStore:
                 f"authentication failed (403 {code}): check the account key / SAS",
             )
         if not create:
-            raise DestinationError(
+            raise ContainerNotFoundError(
                 self.dest.container_url, "container does not exist (use --create-container)"
             )
         await self._request(

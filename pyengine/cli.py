@@ -23,6 +23,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .errors import ConfigError, PyEngineError
@@ -266,11 +267,18 @@ class _Presenter:
                 self.progress.advance(self.bytes_task, ev.bytes)
             self.files_done += 1
             if ev.kind == "file_failed":
-                self.progress.console.print(f"[red]error:[/] {ev.path}: {ev.reason}")
+                # Text, not markup: a file name such as "scan[red].dcm" must print verbatim
+                self.progress.console.print(
+                    Text.assemble(("error:", "red"), f" {ev.path}: {ev.reason}")
+                )
         elif ev.kind == "progress":
             self.progress.advance(self.bytes_task, ev.bytes)
+        if ev.kind == "file_planned":
+            self.progress.console.print(Text(f"plan: {ev.path} -> {ev.blob}"))
         elif ev.kind == "deleted_at_source":
-            self.progress.console.print(f"[yellow]deleted at source:[/] {ev.path}")
+            self.progress.console.print(
+                Text.assemble(("deleted at source:", "yellow"), f" {ev.path}")
+            )
         self.progress.update(
             self.bytes_task,
             total=self.bytes_known,
@@ -445,6 +453,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command](args)
     except PyEngineError as e:
         stderr.print(f"error: {e.one_line()}", markup=False, highlight=False)
+        if getattr(args, "json", False):  # tools reading stdout get the failure too
+            print(
+                json.dumps(
+                    {
+                        "kind": "error",
+                        "subject": e.subject,
+                        "reason": e.reason,
+                        "exit_code": e.exit_code,
+                    },
+                    ensure_ascii=False,
+                ),
+                flush=True,
+            )
         return e.exit_code
     except KeyboardInterrupt:
         stderr.print("interrupted: run the same command (or `pyengine resume JOB`) to go on")

@@ -48,6 +48,13 @@ class AuthError(DestinationError):
     exit_code = 2
 
 
+class ContainerNotFoundError(DestinationError):
+    """The destination container does not exist and was not to be created: the job cannot
+    start, the command must change (add --create-container or fix the name)."""
+
+    exit_code = 2
+
+
 class IntegrityError(PyEngineError):
     """Bytes at the destination do not match the source (CRC64 or BLAKE3 mismatch)."""
 

@@ -700,8 +700,8 @@ async def copy(
 ) -> CopyReport:
     """Copy a file or a tree into a block-blob container; see README "Library".
 
-    Raises ConfigError / DestinationError / SourceError when the job cannot start (bad
-    destination, credentials, missing source); per-file problems are counted in the report.
+    Raises ConfigError (bad destination, missing source, no key), AuthError or
+    DestinationError when the job cannot start; per-file problems are counted in the report.
     """
     options = options or CopyOptions()
     source_path = os.path.abspath(os.fspath(source))
