@@ -74,6 +74,7 @@ class FileFailed:
     path: str
     kind: str  # 'missing' | 'not_regular' | 'permission' | 'io' | 'changed' | 'too_large'
     errno: int
+    reason: str  # one line, without the path
     message: str  # one line: "<path>: <reason>"
     @property
     def error(self) -> Exception:

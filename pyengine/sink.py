@@ -101,6 +101,13 @@ def find_nginx() -> str:
     raise ConfigError("nginx", "not installed; run `make bench` (it installs nginx-light)")
 
 
+#: List Blobs answer of the sink: no blobs
+_EMPTY_LISTING = (
+    '<?xml version="1.0" encoding="utf-8"?>'
+    "<EnumerationResults><Blobs /><NextMarker /></EnumerationResults>"
+)
+
+
 def render_config(
     tmpdir: Path,
     port: int,
@@ -192,6 +199,11 @@ http {{
 
         location / {{{blob_headers}
             add_header x-ms-blob-type BlockBlob always;
+            # List Blobs (a copy's deletion report): an empty listing
+            if ($arg_comp = list) {{
+                add_header Content-Type application/xml always;
+                return 200 '{_EMPTY_LISTING}';
+            }}
             if ($request_method = GET) {{
                 return 200 "";
             }}
