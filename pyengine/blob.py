@@ -328,6 +328,7 @@ class _BufferPayload(Payload):
 
     _autoclose = True
     _HEAD_BYTES = 16 * 1024
+    _SLICE_BYTES = 256 * 1024
 
     def __init__(self, value: bytes | memoryview) -> None:
         view = value if isinstance(value, memoryview) else memoryview(value)
@@ -348,8 +349,12 @@ class _BufferPayload(Payload):
             view = view[:content_length]
         head = self._HEAD_BYTES
         await writer.write(view[:head])
-        if view.nbytes > head:
-            await writer.write(view[head:])
+        # Slices, so the writer drains between them: what the kernel does not take at once is
+        # copied by asyncio's transport into its own buffer, and a whole 8 MiB block handed over
+        # in one write was ~40% of the loop's CPU on a large file (py-spy, bench upload).
+        step = self._SLICE_BYTES
+        for start in range(head, view.nbytes, step):
+            await writer.write(view[start : start + step])
 
 
 def crc64_header(crc64: int) -> str:
