@@ -579,11 +579,16 @@ class BlobStore:
             tolerate=(409,),  # created meanwhile by another writer
         )
 
-    async def list_blobs(self, prefix: str = "") -> AsyncIterator[BlobProps]:
-        """Blobs whose name starts with ``prefix`` (List Blobs, 5000 per page, with metadata)."""
+    async def list_blobs(
+        self, prefix: str = "", *, metadata: bool = True
+    ) -> AsyncIterator[BlobProps]:
+        """Blobs whose name starts with ``prefix`` (List Blobs, 5000 per page). Without
+        ``metadata`` a page is a fraction of the size (encryptiondata is ~500 bytes a blob)."""
         marker = ""
         while True:
-            query = {"restype": "container", "comp": "list", "include": "metadata"}
+            query = {"restype": "container", "comp": "list", "maxresults": "5000"}
+            if metadata:
+                query["include"] = "metadata"
             if prefix:
                 query["prefix"] = prefix
             if marker:

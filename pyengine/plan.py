@@ -152,6 +152,7 @@ def blob_metadata(
     mtime_ns: int,
     blake3_hex: str,
     upload_id: str,
+    job_id: str | None = None,
     encryptiondata: str | None = None,
 ) -> dict[str, str]:
     """Blob metadata recording the source version a blob was made from.
@@ -159,6 +160,8 @@ def blob_metadata(
     Keys are C# identifiers (Azure rejects metadata names with hyphens), hence ``pyengine_*``.
     ``pyengine_size`` is the plaintext size; ``pyengine_blake3`` the plaintext BLAKE3 (= b3sum).
     ``encryptiondata`` is the CSE v2 JSON, under the exact key the Azure SDKs read.
+    ``pyengine_job_id`` lets a resumed job recognise its own commit even when the journal lost
+    the file's record (a kill before the group commit reached the disk).
     """
     metadata = {
         "pyengine_size": str(size_bytes),
@@ -166,6 +169,8 @@ def blob_metadata(
         "pyengine_blake3": blake3_hex,
         "pyengine_upload_id": upload_id,
     }
+    if job_id is not None:
+        metadata["pyengine_job_id"] = job_id
     if encryptiondata is not None:
         metadata["encryptiondata"] = encryptiondata
     return metadata

@@ -93,7 +93,8 @@ class _Job:
         self.resumed = False
         self.problem_dirs: list[str] = []
         self.filter = PathFilter(options.include, options.exclude)
-        self._hash_ids = iter(range(-1, -(2**62), -1))  # file ids for hash-only reads
+        # the core's file ids are uint64: hash-only reads use a range no journal id reaches
+        self._hash_ids = iter(range(1 << 62, 1 << 63))
 
     # --- events and outcomes ---------------------------------------------------------------
 
@@ -335,13 +336,16 @@ class _Job:
         if props is None:
             return None
         md = props.metadata
-        if md.get("pyengine_upload_id") == record.upload_id:
-            return ("copied", "committed by an earlier run of this job", props)
         same_meta = (
             md.get("pyengine_size") == str(src.size_bytes)
             and md.get("pyengine_mtime_ns") == str(src.mtime_ns)
             and bool(md.get("pyengine_blake3"))
         )
+        ours = md.get("pyengine_upload_id") == record.upload_id or (
+            same_meta and md.get("pyengine_job_id") == self.report.job_id
+        )
+        if ours:  # a kill came between the commit and its journal record
+            return ("copied", "committed by an earlier run of this job", props)
         if self.options.check == "metadata" and same_meta:
             return (
                 "skipped",
@@ -466,6 +470,7 @@ class _Job:
             mtime_ns=done.mtime_ns,
             blake3_hex=blake3_hex,
             upload_id=record.upload_id,
+            job_id=self.report.job_id,
             encryptiondata=task.encryptiondata,
         )
         tags = dict(opts.tags) or None
@@ -493,6 +498,9 @@ class _Job:
                     raise SourceError(src.rel_path, f"blocks never acknowledged: {missing[:5]}")
                 ids = [block_id(record.upload_id, i) for i in range(done.chunks)]
                 self.journal.mark_committing(record.file_id, flush=False)
+                # Durable before the commit request: a kill during Put Block List then resumes
+                # with every acknowledged block journaled (one fsync per multi-block file).
+                await self.journal.aflush()
                 etag = await self.store.put_block_list(
                     record.blob_name, ids, metadata=metadata, tier=opts.tier, tags=tags
                 )
@@ -661,7 +669,7 @@ class _Job:
         """Blobs under the prefix whose source file is gone: reported; deleted only on request."""
         assert self.store is not None and self.journal is not None
         prefix = self.dest.prefix
-        async for props in self.store.list_blobs(prefix):
+        async for props in self.store.list_blobs(prefix, metadata=False):
             rel = props.name[len(prefix) :]
             if not self.filter.accepts(rel) or any(
                 rel.startswith(d.rstrip("/") + "/") for d in self.problem_dirs if d
