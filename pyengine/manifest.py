@@ -156,11 +156,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class ManifestWriter:
-    """Async JSONL writer: ``async with ManifestWriter(path) as m: await m.write(entry)``.
-
-    Lines are handed to the OS every flush_lines lines; close fsyncs the file (and its directory).
-    """
+class _ManifestBuffer:
+    """What both writers share: the options and the lines waiting for their next flush."""
 
     def __init__(
         self,
@@ -178,23 +175,37 @@ class ManifestWriter:
         self._pending: list[str] = []
         self._file: Any = None
 
+    def _add(self, entry: ManifestEntry | Mapping[str, Any]) -> bool:
+        """Buffers one line; True when the buffer is due for a flush."""
+        self._pending.append(format_line(entry, self.redact))
+        return len(self._pending) >= self.flush_lines
+
+    def _take(self) -> str:
+        lines, self._pending = self._pending, []
+        self.lines_written += len(lines)
+        return "".join(lines)
+
+
+class ManifestWriter(_ManifestBuffer):
+    """Async JSONL writer: ``async with ManifestWriter(path) as m: await m.write(entry)``.
+
+    Lines are handed to the OS every flush_lines lines; close fsyncs the file (and its directory).
+    """
+
     async def __aenter__(self) -> ManifestWriter:
         await asyncio.to_thread(_prepare, self.path, self.append)
         self._file = await aiofiles.open(self.path, "a" if self.append else "w", encoding="ascii")
         return self
 
     async def write(self, entry: ManifestEntry | Mapping[str, Any]) -> None:
-        self._pending.append(format_line(entry, self.redact))
-        if len(self._pending) >= self.flush_lines:
+        if self._add(entry):
             await self.flush()
 
     async def flush(self) -> None:
         """Hand the buffered lines to the OS (not fsync'd: close does that)."""
         if self._pending:
-            lines, self._pending = self._pending, []
-            await self._file.write("".join(lines))
+            await self._file.write(self._take())
             await self._file.flush()
-            self.lines_written += len(lines)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
@@ -211,24 +222,8 @@ class ManifestWriter:
         await asyncio.to_thread(_fsync_dir, self.path)
 
 
-class SyncManifestWriter:
+class SyncManifestWriter(_ManifestBuffer):
     """The same manifest, written synchronously (tests, tools outside an event loop)."""
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        redact: Callable[[str], str] | None = None,
-        flush_lines: int = DEFAULT_FLUSH_LINES,
-        append: bool = True,
-    ) -> None:
-        self.path = Path(path)
-        self.redact = redact
-        self.flush_lines = flush_lines
-        self.append = append
-        self.lines_written = 0
-        self._pending: list[str] = []
-        self._file: Any = None
 
     def __enter__(self) -> SyncManifestWriter:
         _prepare(self.path, self.append)
@@ -236,16 +231,13 @@ class SyncManifestWriter:
         return self
 
     def write(self, entry: ManifestEntry | Mapping[str, Any]) -> None:
-        self._pending.append(format_line(entry, self.redact))
-        if len(self._pending) >= self.flush_lines:
+        if self._add(entry):
             self.flush()
 
     def flush(self) -> None:
         if self._pending:
-            lines, self._pending = self._pending, []
-            self._file.write("".join(lines))
+            self._file.write(self._take())
             self._file.flush()
-            self.lines_written += len(lines)
 
     def __exit__(self, *exc: object) -> None:
         self.close()
