@@ -580,13 +580,13 @@ class BlobStore:
         )
 
     async def list_blobs(
-        self, prefix: str = "", *, metadata: bool = True
+        self, prefix: str = "", *, metadata: bool = True, page_size: int = 5000
     ) -> AsyncIterator[BlobProps]:
         """Blobs whose name starts with ``prefix`` (List Blobs, 5000 per page). Without
         ``metadata`` a page is a fraction of the size (encryptiondata is ~500 bytes a blob)."""
         marker = ""
         while True:
-            query = {"restype": "container", "comp": "list", "maxresults": "5000"}
+            query = {"restype": "container", "comp": "list", "maxresults": str(page_size)}
             if metadata:
                 query["include"] = "metadata"
             if prefix:
