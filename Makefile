@@ -64,8 +64,10 @@ test: setup lint native-test sanitize
 demo: setup
 	$(PY) scripts/demo.py
 
+# The two tables with their peers and limits, then the pytest-benchmark hot paths.
 bench: setup
 	$(VENV)/bin/pyengine bench native
+	$(VENV)/bin/pyengine bench upload
 	$(PY) -m pytest benches -q --benchmark-only --benchmark-columns=min,mean,ops
 
 clean:
