@@ -192,7 +192,7 @@ class _Job:
             task.acked.add(chunk.index)
             self.report.blocks_resumed += 1
             chunk.release()
-            self.emit("progress", path=task.src.rel_path, bytes=chunk.plain_bytes)
+            self.emit("progress", path=display_path(task.src.rel_path), bytes=chunk.plain_bytes)
         else:
             t = asyncio.get_running_loop().create_task(self.put_block(task, chunk))
             task.uploads.add(t)
@@ -230,7 +230,7 @@ class _Job:
                     crc64=chunk.crc64,
                     xxh3_128=chunk.xxh3_128,
                 )
-            self.emit("progress", path=task.src.rel_path, bytes=chunk.plain_bytes)
+            self.emit("progress", path=display_path(task.src.rel_path), bytes=chunk.plain_bytes)
 
     def finish_when_sent(self, task: _FileTask) -> None:
         async def wait_then_finish() -> None:
@@ -325,6 +325,12 @@ class _Job:
             await self.send_file(src, record, chunk_bytes, single_put)
         except PyEngineError as e:
             await self.outcome(src.rel_path, "failed", reason=e.reason, **common)
+        except (OSError, ValueError, RuntimeError) as e:
+            # Not an anticipated failure: this file fails with one line, the job goes on, and
+            # the traceback goes to the log (-vv) for the bug report.
+            log.debug("unexpected error on %s", display_path(src.rel_path), exc_info=True)
+            reason = f"unexpected error: {type(e).__name__}: {redact(str(e))}"
+            await self.outcome(src.rel_path, "failed", reason=reason, **common)
 
     async def already_there(
         self, src: SourceFile, record: FileRecord
@@ -494,7 +500,7 @@ class _Job:
                             tier=opts.tier,
                             tags=tags,
                         )
-                    self.emit("progress", path=src.rel_path, bytes=held.plain_bytes)
+                    self.emit("progress", path=display_path(src.rel_path), bytes=held.plain_bytes)
             else:
                 if task.acked != set(range(done.chunks)):  # complete and gap-free, or no commit
                     missing = sorted(set(range(done.chunks)) - task.acked)
