@@ -104,7 +104,12 @@ def main() -> int:
             missing.discard(rel)
         for rel in sorted(missing)[:10]:
             print(f"   missing: {rel}")
-        verdict = "PASS" if ok == len(sources) and not mismatched and not missing else "FAILED"
+        print("== pyengine verify --deep: the journal against the destination, re-hashed")
+        journal = str(work / "jobs.sqlite")
+        verify = [cmd[0], "verify", dest, "--deep", "--kek-file", str(kek_path)]
+        verify_rc = subprocess.call([*verify, "--journal", journal], env=env)
+        sound = ok == len(sources) and not mismatched and not missing and verify_rc == 0
+        verdict = "PASS" if sound else "FAILED"
         print(
             f"verdict: {verdict}: {ok}/{len(sources)} files decrypted by the official SDK with "
             f"BLAKE3 equal to the source; {mismatched} mismatched, {len(missing)} missing"
