@@ -101,9 +101,12 @@ class _Job:
 
     # --- events and outcomes ---------------------------------------------------------------
 
-    def emit(self, kind: str, **kw: Any) -> None:
+    def emit(self, kind: str, path: str | None = None, **kw: Any) -> None:
+        """Sends an event to the listener, if any. `path` is the raw relative path: shown here
+        with undecodable bytes escaped, so every event prints and serialises as JSON."""
         if self.on_event is not None:
-            self.on_event(Event(kind=kind, **kw))  # type: ignore[arg-type]
+            shown = display_path(path) if path is not None else None
+            self.on_event(Event(kind=kind, path=shown, **kw))  # type: ignore[arg-type]
 
     async def outcome(
         self,
@@ -128,13 +131,13 @@ class _Job:
                 self.journal.mark_committed(
                     record.file_id, etag=etag or "", blake3_hex=blake3_hex or ""
                 )
-            self.emit("file_copied", path=shown, blob=blob, bytes=size_bytes)
+            self.emit("file_copied", path=rel_path, blob=blob, bytes=size_bytes)
         elif status == "skipped":
             r.files_skipped += 1
             r.bytes_skipped += size_bytes
             if record is not None and self.journal is not None:
                 self.journal.mark_skipped(record.file_id, reason or "")
-            self.emit("file_skipped", path=shown, blob=blob, bytes=size_bytes, reason=reason)
+            self.emit("file_skipped", path=rel_path, blob=blob, bytes=size_bytes, reason=reason)
         else:
             r.files_failed += 1
             r.bytes_failed += size_bytes
@@ -142,7 +145,7 @@ class _Job:
             if record is not None and self.journal is not None:
                 self.journal.mark_failed(record.file_id, reason or "failed")
             log.warning("%s: %s", shown, reason)
-            self.emit("file_failed", path=shown, blob=blob, bytes=size_bytes, reason=reason)
+            self.emit("file_failed", path=rel_path, blob=blob, bytes=size_bytes, reason=reason)
         if self.manifest is not None:
             await self.manifest.write(
                 ManifestEntry(
@@ -192,7 +195,7 @@ class _Job:
             task.acked.add(chunk.index)
             self.report.blocks_resumed += 1
             chunk.release()
-            self.emit("progress", path=display_path(task.src.rel_path), bytes=chunk.plain_bytes)
+            self.emit("progress", path=task.src.rel_path, bytes=chunk.plain_bytes)
         else:
             t = asyncio.get_running_loop().create_task(self.put_block(task, chunk))
             task.uploads.add(t)
@@ -230,9 +233,15 @@ class _Job:
                     crc64=chunk.crc64,
                     xxh3_128=chunk.xxh3_128,
                 )
-            self.emit("progress", path=display_path(task.src.rel_path), bytes=chunk.plain_bytes)
+            self.emit("progress", path=task.src.rel_path, bytes=chunk.plain_bytes)
 
     def finish_when_sent(self, task: _FileTask) -> None:
+        assert task.finished is not None
+        if not task.uploads:  # the common case for small files: no task needed
+            if not task.finished.done():
+                task.finished.set_result(None)
+            return
+
         async def wait_then_finish() -> None:
             while task.uploads:
                 await asyncio.gather(*list(task.uploads), return_exceptions=True)
@@ -263,9 +272,7 @@ class _Job:
             return
 
         if opts.dry_run:
-            self.emit(
-                "file_planned", path=display_path(src.rel_path), blob=name, bytes=src.size_bytes
-            )
+            self.emit("file_planned", path=src.rel_path, blob=name, bytes=src.size_bytes)
             self.report.files_skipped += 1
             self.report.bytes_skipped += src.size_bytes
             return
@@ -447,7 +454,7 @@ class _Job:
         self.journal.mark_uploading(record.file_id)
         self.emit(
             "file_started",
-            path=display_path(src.rel_path),
+            path=src.rel_path,
             blob=record.blob_name,
             bytes=src.size_bytes,
         )
@@ -500,7 +507,7 @@ class _Job:
                             tier=opts.tier,
                             tags=tags,
                         )
-                    self.emit("progress", path=display_path(src.rel_path), bytes=held.plain_bytes)
+                    self.emit("progress", path=src.rel_path, bytes=held.plain_bytes)
             else:
                 if task.acked != set(range(done.chunks)):  # complete and gap-free, or no commit
                     missing = sorted(set(range(done.chunks)) - task.acked)
