@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pyengine.crypto import LocalKeyWrapper
 from pyengine.emulator import DEV_ACCOUNT_KEY, DEV_ACCOUNT_NAME, Azurite
 from pyengine.errors import ConfigError
 
@@ -44,3 +45,25 @@ def container(azurite: Azurite) -> Iterator[str]:
         svc.create_container(name)
         yield f"{azurite.account_url}/{name}"
         svc.delete_container(name)
+
+
+@pytest.fixture
+def sdk_blob(azurite: Azurite):
+    """``sdk_blob(container_url, name, key=None)``: the official SDK's BlobClient for a blob; with
+    a 32-byte key it decrypts Azure client-side encryption v2 (the interop test of record)."""
+    from azure.storage.blob import BlobClient
+
+    def make(container_url: str, name: str, key: bytes | None = None) -> BlobClient:
+        container_name = container_url.rstrip("/").rsplit("/", 1)[1]
+        decrypt = {}
+        if key is not None:
+            decrypt = {
+                "require_encryption": True,
+                "key_encryption_key": LocalKeyWrapper(key),
+                "encryption_version": "2.0",
+            }
+        return BlobClient.from_connection_string(
+            azurite.connection_string, container_name, name, **decrypt
+        )
+
+    return make

@@ -22,13 +22,11 @@ from urllib.parse import parse_qs, quote
 import blake3
 import pytest
 from azure.storage.blob import (
-    BlobClient,
     ContainerClient,
     ContainerSasPermissions,
     generate_container_sas,
 )
 
-from pyengine import LocalKeyWrapper
 from pyengine.options import MiB
 
 pytestmark = pytest.mark.integration
@@ -152,7 +150,7 @@ def test_copy_with_block_size_4_exits_0_and_every_blob_equals_its_source(
 
 
 def test_encrypted_copy_decrypts_with_the_official_sdk(
-    azurite: Any, container: str, tmp_path: Path
+    azurite: Any, container: str, tmp_path: Path, sdk_blob: Any
 ) -> None:
     sizes = {"e0.dcm": 0, "e1.dcm": 1, "e4m+1.dcm": 4 * MiB + 1, "e9m.dcm": 9 * MiB}
     src = tmp_path / "src"
@@ -165,14 +163,7 @@ def test_encrypted_copy_decrypts_with_the_official_sdk(
     )
     assert proc.returncode == 0, proc.stderr
     for rel, data in files.items():
-        with BlobClient.from_connection_string(
-            azurite.connection_string,
-            container_of(container),
-            rel,
-            require_encryption=True,
-            key_encryption_key=LocalKeyWrapper(key),
-            encryption_version="2.0",
-        ) as bc:
+        with sdk_blob(container, rel, key) as bc:
             assert bc.download_blob().readall() == data, rel
 
 

@@ -19,7 +19,7 @@ import aiohttp
 import blake3
 import pytest
 from aiohttp import web
-from azure.storage.blob import BlobClient, ContainerClient
+from azure.storage.blob import ContainerClient
 from azure.storage.extensions import checksums
 
 import pyengine
@@ -192,7 +192,7 @@ def test_single_file_source_becomes_one_blob_named_after_its_basename(
 
 @pytest.mark.parametrize("block_mib", [None, 4])
 def test_encrypted_blobs_decrypt_with_the_official_sdk(
-    azurite: Any, container: str, tmp_path: Path, block_mib: int | None
+    azurite: Any, container: str, tmp_path: Path, sdk_blob: Any, block_mib: int | None
 ) -> None:
     sizes = {
         "e0.dcm": 0,
@@ -217,14 +217,7 @@ def test_encrypted_blobs_decrypt_with_the_official_sdk(
     report, _ = run_copy(src, container, opts)
     assert report.failures == [] and report.files_copied == len(sizes)
     for rel, data in files.items():
-        with BlobClient.from_connection_string(
-            azurite.connection_string,
-            container_of(container),
-            rel,
-            require_encryption=True,
-            key_encryption_key=LocalKeyWrapper(key),
-            encryption_version="2.0",
-        ) as bc:
+        with sdk_blob(container, rel, key) as bc:
             got = bc.download_blob().readall()
             metadata = bc.get_blob_properties().metadata
         assert got == data, rel

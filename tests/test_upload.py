@@ -6,7 +6,6 @@ import asyncio
 import os
 
 import pytest
-from azure.storage.blob import BlobClient
 
 import pyengine
 from pyengine.crypto import LocalKeyWrapper
@@ -35,7 +34,9 @@ async def interrupted_then_resumed(src, dest, options, stop_after_blocks, resume
 
 
 @pytest.mark.parametrize("encrypt", [False, True], ids=["plain", "encrypted"])
-def test_resume_sends_only_blocks_not_acknowledged_before(tmp_path, azurite, container, encrypt):
+def test_resume_sends_only_blocks_not_acknowledged_before(
+    tmp_path, azurite, container, sdk_blob, encrypt
+):
     src = tmp_path / "src"
     src.mkdir()
     data = os.urandom(48 * MiB + 3)  # 13 blocks of 4 MiB
@@ -56,16 +57,11 @@ def test_resume_sends_only_blocks_not_acknowledged_before(tmp_path, azurite, con
     # at least the 5 acknowledged blocks came back from the journal + Get Block List
     assert report.blocks_resumed >= 5
     assert report.blocks_resumed + report.blocks_sent == 13
-    name = container.rsplit("/", 1)[1]
-    blob = BlobClient.from_connection_string(azurite.connection_string, name, "slide.svs")
-    if encrypt:
-        blob.require_encryption = True
-        blob.key_encryption_key = LocalKeyWrapper(key)
-        blob.encryption_version = "2.0"
+    blob = sdk_blob(container, "slide.svs", key if encrypt else None)
     assert blob.download_blob().readall() == data
 
 
-def test_resume_with_another_kek_starts_the_file_over(tmp_path, azurite, container):
+def test_resume_with_another_kek_starts_the_file_over(tmp_path, azurite, container, sdk_blob):
     src = tmp_path / "src"
     src.mkdir()
     data = os.urandom(24 * MiB)
@@ -84,13 +80,5 @@ def test_resume_with_another_kek_starts_the_file_over(tmp_path, azurite, contain
     report = asyncio.run(interrupted_then_resumed(str(src), container, first, 3, second))
     # blocks encrypted under the first content key cannot be unwrapped with the new KEK: all resent
     assert report.blocks_resumed == 0 and report.blocks_sent == 6 and report.files_copied == 1
-    name = container.rsplit("/", 1)[1]
-    blob = BlobClient.from_connection_string(
-        azurite.connection_string,
-        name,
-        "f.bin",
-        require_encryption=True,
-        key_encryption_key=LocalKeyWrapper(new_key),
-        encryption_version="2.0",
-    )
+    blob = sdk_blob(container, "f.bin", new_key)
     assert blob.download_blob().readall() == data
