@@ -467,6 +467,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
         return e.exit_code
+    except OSError as e:  # a path given on the command line that cannot be used
+        subject = e.filename if e.filename is not None else args.command
+        stderr.print(f"error: {subject}: {e.strerror or e}", markup=False, highlight=False)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         stderr.print("interrupted: run the same command (or `pyengine resume JOB`) to go on")
         return 130
