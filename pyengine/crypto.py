@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from importlib import metadata as _metadata
 from typing import Any, Protocol
 
+import blake3
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from .errors import ConfigError
@@ -168,6 +169,36 @@ def content_key_from_metadata(encryptiondata: str, kek: KeyEncryptionKey) -> byt
     return plain[len(_V2_WRAP_PREFIX) :]
 
 
+#: BLAKE3 derive_key context for the key of an encrypted blob's stored digest. Fixed forever: blobs
+#: written under it are checked with it for their whole retention.
+DIGEST_KEY_CONTEXT = "pyengine 2026-11-26 encrypted blob plaintext digest v1"
+#: blob metadata name of that keyed digest (letters and digits only: proxies drop "_" headers)
+KEYED_DIGEST_METADATA = "pyenginekeyedblake3"
+
+
+def digest_key(content_key: bytes) -> bytes:
+    """The 32-byte key of an encrypted blob's stored digest, derived from its content key.
+
+    Why keyed: blob metadata is readable by a much wider role than the KEK holders, and a plain
+    BLAKE3 of the plaintext there would let anyone confirm a guess of a file's content. Deriving
+    the key from the content key means whoever can unwrap the content key can check the digest,
+    and nobody else can.
+    """
+    if len(content_key) != KEY_BYTES:
+        raise ValueError(f"content key must be {KEY_BYTES} bytes, found {len(content_key)}")
+    return blake3.blake3(content_key, derive_key_context=DIGEST_KEY_CONTEXT).digest()
+
+
+def keyed_digest_hex(content_key: bytes, blake3_hex: str) -> str:
+    """What an encrypted blob stores instead of its plaintext BLAKE3: BLAKE3 in keyed mode, under
+    :func:`digest_key`, of the 32-byte plaintext BLAKE3 (= b3sum). A MAC of the digest: checking
+    it costs one hash of 32 bytes once the plaintext BLAKE3 is known."""
+    digest = bytes.fromhex(blake3_hex)
+    if len(digest) != 32:
+        raise ValueError("blake3_hex must be 64 hex characters")
+    return blake3.blake3(digest, key=digest_key(content_key)).hexdigest()
+
+
 def decrypt_with_sdk(ciphertext: bytes, encryptiondata: str, kek: KeyEncryptionKey) -> bytes:
     """Whole-blob plaintext, decrypted by azure-storage-blob's own ``decrypt_blob``.
 
@@ -189,11 +220,15 @@ def decrypt_with_sdk(ciphertext: bytes, encryptiondata: str, kek: KeyEncryptionK
 
 __all__ = [
     "A256KW",
+    "DIGEST_KEY_CONTEXT",
     "ENCRYPTION_LIBRARY",
+    "KEYED_DIGEST_METADATA",
     "KeyEncryptionKey",
     "LocalKeyWrapper",
     "decrypt_with_sdk",
+    "digest_key",
     "encryption_metadata",
+    "keyed_digest_hex",
     "load_kek_file",
     "new_content_key",
 ]

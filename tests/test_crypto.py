@@ -234,3 +234,20 @@ def test_sdk_client_downloads_and_decrypts_our_blob(azurite, container, kek, siz
         if size_bytes > 4 * MiB:  # a range across a region boundary
             got = client.download_blob(offset=4 * MiB - 10, length=20).readall()
             assert got == plain[4 * MiB - 10 : 4 * MiB + 10]
+
+
+def test_keyed_digest_depends_on_content_key_and_is_blake3_keyed_mode() -> None:
+    import blake3
+
+    from pyengine.crypto import DIGEST_KEY_CONTEXT, digest_key, keyed_digest_hex
+
+    plain_hex = blake3.blake3(b"patient study").hexdigest()
+    k1, k2 = b"\x01" * 32, b"\x02" * 32
+    expected_key = blake3.blake3(k1, derive_key_context=DIGEST_KEY_CONTEXT).digest()
+    assert digest_key(k1) == expected_key
+    assert keyed_digest_hex(k1, plain_hex) == (
+        blake3.blake3(bytes.fromhex(plain_hex), key=expected_key).hexdigest()
+    )
+    # without the content key the stored value says nothing about the plaintext digest
+    assert keyed_digest_hex(k1, plain_hex) != keyed_digest_hex(k2, plain_hex)
+    assert keyed_digest_hex(k1, plain_hex) != plain_hex
