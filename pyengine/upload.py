@@ -488,6 +488,7 @@ class _Job:
             upload_id=record.upload_id,
             job_id=self.report.job_id,
             encryptiondata=task.encryptiondata,
+            content_key=task.content_key,
         )
         tags = dict(opts.tags) or None
         try:

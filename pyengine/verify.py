@@ -18,6 +18,7 @@ from typing import Any
 
 from . import _core
 from .blob import BlobStore, Destination, parse_destination, resolve_credential
+from .crypto import KEYED_DIGEST_METADATA, content_key_from_metadata, keyed_digest_hex
 from .errors import ConfigError, JournalError, PyEngineError
 from .journal import FileRecord, JobInfo, Journal, default_journal_path
 from .options import MiB, RetryPolicy
@@ -218,6 +219,19 @@ async def _check_one(
         return
     want_hex = record.blake3_hex or ""
     got_hex = props.metadata.get("pyengine_blake3", "")
+    keyed_hex = props.metadata.get(KEYED_DIGEST_METADATA)
+    if keyed_hex is not None and want_hex:
+        # an encrypted blob keeps its digest keyed by its content key: checkable with the KEK only
+        got_hex = want_hex  # without a KEK: existence and size were checked, not the digest
+        if kek is not None:
+            encryptiondata = props.metadata.get("encryptiondata", "")
+            cek = content_key_from_metadata(encryptiondata, kek)
+            if cek is None:
+                reason = "cannot decrypt: this KEK does not unwrap the blob's content key"
+                report.add_problem(rel, "hash_mismatch", reason)
+                return
+            if keyed_digest_hex(cek, want_hex) != keyed_hex:
+                got_hex = "keyed digest differs"
     if not want_hex or got_hex != want_hex:
         reason = (
             "the journal has no BLAKE3 for this file"

@@ -22,7 +22,12 @@ from pathlib import Path
 from azure.storage.blob import BlobServiceClient
 
 from pyengine import _core
-from pyengine.crypto import LocalKeyWrapper
+from pyengine.crypto import (
+    KEYED_DIGEST_METADATA,
+    LocalKeyWrapper,
+    content_key_from_metadata,
+    keyed_digest_hex,
+)
 from pyengine.emulator import Azurite
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,8 +100,11 @@ def main() -> int:
             plain = blob.download_blob().readall()
             digest = _core.blake3(plain)
             path = sources.get(rel)
-            recorded = props.metadata.get("pyengine_blake3")
-            if path is not None and digest == file_blake3(path) and recorded == digest.hex():
+            # an encrypted blob stores its digest keyed by its content key, never in clear
+            cek = content_key_from_metadata(props.metadata["encryptiondata"], kek)
+            recorded = props.metadata.get(KEYED_DIGEST_METADATA)
+            keyed = keyed_digest_hex(cek, digest.hex()) if cek is not None else None
+            if path is not None and digest == file_blake3(path) and recorded == keyed:
                 ok += 1
             else:
                 mismatched += 1

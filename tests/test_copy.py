@@ -24,6 +24,7 @@ from azure.storage.extensions import checksums
 
 import pyengine
 from pyengine import CopyOptions, CopyReport, Event, LocalKeyWrapper
+from pyengine.crypto import content_key_from_metadata, keyed_digest_hex
 from pyengine.options import MiB
 
 pytestmark = pytest.mark.integration
@@ -223,7 +224,12 @@ def test_encrypted_blobs_decrypt_with_the_official_sdk(
         assert got == data, rel
         # metadata describes the plaintext
         assert metadata["pyengine_size"] == str(len(data))
-        assert metadata["pyengine_blake3"] == blake3.blake3(data).hexdigest()
+        # the plaintext digest is keyed: only a holder of the content key can check it
+        assert "pyengine_blake3" not in metadata
+        cek = content_key_from_metadata(metadata["encryptiondata"], LocalKeyWrapper(key))
+        assert cek is not None
+        want = keyed_digest_hex(cek, blake3.blake3(data).hexdigest())
+        assert metadata["pyenginekeyedblake3"] == want
 
 
 def test_encrypted_blob_is_not_the_plaintext_at_rest(

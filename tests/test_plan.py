@@ -10,6 +10,7 @@ from azure.storage.blob import _encryption as sdk
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pyengine.crypto import keyed_digest_hex
 from pyengine.errors import SourceError
 from pyengine.options import MAX_BLOCK_BYTES, MAX_BLOCKS_PER_BLOB, MiB
 from pyengine.plan import (
@@ -233,7 +234,7 @@ def test_blob_metadata_keys_are_csharp_identifiers():
         mtime_ns=1_700_000_000_123_456_789,
         blake3_hex="ab" * 32,
         upload_id="0" * 32,
-        encryptiondata="{}",
+        ctime_ns=17,
     )
     assert all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) for k in metadata)
     assert metadata == {
@@ -241,8 +242,28 @@ def test_blob_metadata_keys_are_csharp_identifiers():
         "pyengine_mtime_ns": "1700000000123456789",
         "pyengine_blake3": "ab" * 32,
         "pyengine_upload_id": "0" * 32,
-        "encryptiondata": "{}",
+        "pyenginectimens": "17",
     }
+
+
+def test_encrypted_blob_metadata_holds_a_keyed_digest_never_the_plaintext_blake3():
+    key = bytes(range(32))
+    metadata = blob_metadata(
+        size_bytes=5,
+        mtime_ns=1,
+        blake3_hex="ab" * 32,
+        upload_id="0" * 32,
+        encryptiondata="{}",
+        content_key=key,
+    )
+    assert "ab" * 32 not in metadata.values()
+    assert "pyengine_blake3" not in metadata
+    assert metadata["pyenginekeyedblake3"] == keyed_digest_hex(key, "ab" * 32)
+    assert metadata["encryptiondata"] == "{}"
+    with pytest.raises(ValueError):
+        blob_metadata(
+            size_bytes=5, mtime_ns=1, blake3_hex="ab" * 32, upload_id="0" * 32, encryptiondata="{}"
+        )
 
 
 def test_blob_metadata_has_no_encryptiondata_when_not_encrypting():
