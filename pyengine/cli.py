@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
+from .deletion import DeleteLimit, parse_max_delete
 from .errors import ConfigError, PyEngineError
 from .options import TIERS, CopyOptions, MiB
 from .report import CopyReport, Event
@@ -51,6 +52,13 @@ def _size_mib(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive")
     return int(value * MiB)
+
+
+def _max_delete(text: str) -> DeleteLimit:
+    try:
+        return parse_max_delete(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(e.reason) from None
 
 
 def _tag(text: str) -> tuple[str, str]:
@@ -114,6 +122,22 @@ def _add_copy_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="delete blobs whose source file is gone (default: only report them)",
     )
+    p.add_argument(
+        "--max-delete",
+        type=_max_delete,
+        default=None,
+        metavar="N|P%",
+        help="most blobs one run may delete, a count or a share of the blobs under the prefix "
+        "(default: 10%%, and none when the source tree is empty)",
+    )
+    p.add_argument(
+        "--old-kek-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an earlier key-encryption key (repeatable): blobs it wrapped get their content key "
+        "re-wrapped under --kek-file in place instead of being sent again",
+    )
     p.add_argument("--manifest", default=None, help="audit manifest path (JSONL)")
     p.add_argument(
         "--threads",
@@ -176,6 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true")
     _add_credential_flags(v)
 
+    k = sub.add_parser(
+        "rekey",
+        help="re-wrap encrypted blobs' content keys under a new KEK (metadata only)",
+    )
+    k.add_argument("dest", help="container URL with optional prefix")
+    k.add_argument("--kek-file", required=True, help="the current (old) key-encryption key")
+    k.add_argument("--new-kek-file", required=True, help="the key-encryption key to move to")
+    k.add_argument("--dry-run", action="store_true", help="count what would be re-wrapped")
+    k.add_argument("--json", action="store_true")
+    _add_credential_flags(k)
+
     from .bench import add_bench_parser
 
     add_bench_parser(sub)
@@ -212,6 +247,8 @@ def _options_from(args: argparse.Namespace) -> CopyOptions:
         journal_path=args.journal,
         manifest_path=args.manifest,
         delete_destination=args.delete_destination,
+        max_delete=args.max_delete or DeleteLimit(),
+        old_keks=tuple(load_kek_file(path) for path in args.old_kek_file),
         direct_io=args.direct_io,
     )
 
@@ -277,8 +314,12 @@ class _Presenter:
             self.progress.console.print(Text(f"plan: {ev.path} -> {ev.blob}"))
         elif ev.kind == "deleted_at_source":
             self.progress.console.print(
-                Text.assemble(("deleted at source:", "yellow"), f" {ev.path}")
+                Text.assemble(("no source file (kept):", "yellow"), f" {ev.path}")
             )
+        elif ev.kind == "file_deleted":
+            self.progress.console.print(Text.assemble(("deleted:", "yellow"), f" {ev.blob}"))
+        elif ev.kind == "delete_planned":
+            self.progress.console.print(Text.assemble(("would delete:", "yellow"), f" {ev.blob}"))
         self.progress.update(
             self.bytes_task,
             total=self.bytes_known,
@@ -304,15 +345,37 @@ class _Presenter:
                 f"({_human(report.bytes_skipped)}), failed {report.files_failed}, "
                 f"in {report.elapsed_s:.1f} s ({rate:.0f} MB/s)"
             ]
-            if report.deleted_at_source:
+            if report.files_resent_for_encryption:
                 lines.append(
-                    f"{len(report.deleted_at_source)} blobs have no source file any more "
-                    "(kept; --delete-destination removes them)"
+                    f"{report.files_resent_for_encryption} files sent again: their blobs were "
+                    "stored in another encryption mode or under a KEK this run cannot unwrap"
+                )
+            if report.files_rewrapped:
+                lines.append(
+                    f"{report.files_rewrapped} blobs had their content key re-wrapped under "
+                    "the current KEK (no bytes re-sent)"
                 )
             if report.manifest_path:
                 lines.append(f"manifest: {report.manifest_path}")
+        lines.extend(_deletion_lines(report))
         for line in lines:
-            stderr.print(line)
+            stderr.print(line, markup=False, highlight=False)
+
+
+def _deletion_lines(report: CopyReport) -> list[str]:
+    """What --delete-destination did, in words that match it: "deleted" only for deletions."""
+    if report.deletion_refused:
+        return [f"--delete-destination: {report.deletion_refused}"]
+    if report.blobs_to_delete:
+        return [f"dry run: would delete {report.blobs_to_delete} blobs (listed above)"]
+    if report.blobs_deleted:
+        return [f"deleted {report.blobs_deleted} blobs whose source file is gone (see manifest)"]
+    if report.deleted_at_source:
+        n = len(report.deleted_at_source)
+        if report.dry_run:
+            return [f"dry run: {n} blobs have no source file (listed above)"]
+        return [f"{n} blobs have no source file any more (kept; --delete-destination removes them)"]
+    return []
 
 
 def _human(n: int) -> str:
@@ -432,6 +495,29 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return run_verify(args)
 
 
+def _cmd_rekey(args: argparse.Namespace) -> int:
+    from .crypto import load_kek_file
+    from .rekey import rekey
+
+    old, new = load_kek_file(args.kek_file), load_kek_file(args.new_kek_file)
+    report = asyncio.run(
+        rekey(args.dest, old, new, connection_string=args.connection_string, dry_run=args.dry_run)
+    )
+    if args.json:
+        print(json.dumps({"kind": "summary", **report.to_json()}, ensure_ascii=False), flush=True)
+    else:
+        for name, reason in report.problems:
+            stderr.print(f"error: {name}: {reason}", markup=False, highlight=False)
+        verb = "would re-wrap" if report.dry_run else "re-wrapped"
+        stderr.print(
+            f"{verb} {report.blobs_rewrapped} blobs; {report.blobs_already_new} already under "
+            f"the new KEK, {report.blobs_plain} not encrypted, {len(report.problems)} problems",
+            markup=False,
+            highlight=False,
+        )
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -444,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "resume": _cmd_resume,
         "jobs": _cmd_jobs,
         "verify": _cmd_verify,
+        "rekey": _cmd_rekey,
     }
     try:
         if args.command == "bench":

@@ -2,8 +2,8 @@
 
 Each line: ``path`` (relative to the source root), ``size_bytes``, ``mtime_ns``, ``mtime``
 (ISO-8601 UTC), ``blake3`` (hex, of the plaintext), ``blob_url`` (never with credentials),
-``etag``, ``status`` (copied | skipped | failed | deleted_at_source), ``error``, ``job_id``,
-``encrypted``.
+``etag``, ``status`` (copied | skipped | failed | deleted_at_source | deleted | rewrapped),
+``error``, ``job_id``, ``encrypted``.
 
 A resumed job appends to its manifest, so a path may appear more than once (failed, then
 copied): the last line for a path is its outcome. A line torn by a kill is cut off when the
@@ -28,8 +28,8 @@ import aiofiles
 
 from pyengine.journal import FileRecord, contains_secret, default_journal_path, one_line
 
-ManifestStatus = Literal["copied", "skipped", "failed", "deleted_at_source"]
-STATUSES = ("copied", "skipped", "failed", "deleted_at_source")
+ManifestStatus = Literal["copied", "skipped", "failed", "deleted_at_source", "deleted", "rewrapped"]
+STATUSES = ("copied", "skipped", "failed", "deleted_at_source", "deleted", "rewrapped")
 #: journal file state -> manifest status (files still pending have no manifest line yet)
 STATUS_OF_STATE = {"committed": "copied", "skipped": "skipped", "failed": "failed"}
 

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .deletion import DeleteLimit
+
 MiB = 1024 * 1024
 
 #: Azure block blob limits (REST "Put Block List": at most 50,000 committed blocks, 4000 MiB each).
@@ -58,6 +60,12 @@ class CopyOptions:
     #: audit manifest (JSONL); None = <journal dir>/manifests/<job_id>.jsonl
     manifest_path: str | None = None
     delete_destination: bool = False
+    #: most blobs one run may delete (a count, or a share of the blobs under the prefix);
+    #: default 10 %, and none when the source tree is empty (pyengine.deletion)
+    max_delete: DeleteLimit = field(default_factory=DeleteLimit)
+    #: earlier key-encryption keys: a blob whose content key one of them wrapped gets its key
+    #: re-wrapped under ``kek`` in place (metadata only) instead of being sent again
+    old_keks: tuple[Any, ...] = field(default=(), repr=False)
     #: bypass the page cache (O_DIRECT) for reads that are not encrypted
     direct_io: bool = False
     retry: RetryPolicy = field(default_factory=RetryPolicy)

@@ -66,14 +66,48 @@ def choose_block_bytes(
     return block_bytes
 
 
-def blob_name(prefix: str, rel_path: str, *, max_len: int = MAX_BLOB_NAME_CHARS) -> str:
-    """``prefix + rel_path``, checked against the blob naming rules.
+#: Characters the Blob service refuses or rewrites (see blob_name): one compiled class, since the
+#: check runs once per file of a million-file tree.
+_REFUSED_RE = re.compile(
+    "[\\\\\x00-\x1f\x7f-\x9f\ud800-\udfff\ue000-\uf8ff\ufdd0-\ufdef"
+    + "".join(f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(17))
+    + "]"
+)
 
-    ``prefix`` is empty or ends with ``/``; ``rel_path`` uses ``/`` separators. Raises
-    :class:`SourceError` (subject ``rel_path``) for names Azure rejects or silently alters: longer
-    than ``max_len`` characters (1024; pass 880 for Data Box), more than 254 segments, empty
-    segments (``a//b``), ``.`` or ``..`` segments (URL normalisation would move the blob), a name
-    ending in ``/`` or ``.``, or a name that is not valid UTF-8 (undecodable file names).
+
+def _refused_char(name: str) -> str | None:
+    """The first character of ``name`` that the Blob service would refuse or rewrite, described
+    for a one-line error; None when there is none."""
+    match = _REFUSED_RE.search(name)
+    if match is None:
+        return None
+    cp = ord(match.group())
+    if cp == 0x5C:  # the service turns a backslash into "/": a\\b and a/b would be one blob
+        return "a backslash ('\\'), which the service turns into '/'"
+    if cp < 0x20 or 0x7F <= cp <= 0x9F:
+        return f"the control character U+{cp:04X}"
+    if 0xD800 <= cp <= 0xDFFF:
+        return f"the lone surrogate U+{cp:04X}"
+    if 0xE000 <= cp <= 0xF8FF:
+        return f"the private-use code point U+{cp:04X}"
+    return f"the noncharacter U+{cp:04X}"
+
+
+def blob_name(prefix: str, rel_path: str, *, max_len: int = MAX_BLOB_NAME_CHARS) -> str:
+    """The one naming rule: blob name = ``prefix + rel_path``, unchanged, or a one-line
+    :class:`SourceError` (subject ``rel_path``). Copy, resume, --check, verify and deletion all
+    name blobs with this function, so the mapping is the same everywhere.
+
+    The mapping is one-to-one because it is the identity on every name it accepts: a name the
+    service would alter or refuse is rejected here, at plan time, never escaped. Rejected:
+    a backslash (the service turns ``\\`` into ``/``, so ``a\\b`` and ``a/b`` would share one
+    blob); the characters the naming rules list as invalid even when percent-encoded (C0 and C1
+    control characters U+0000-U+001F and U+007F-U+009F, surrogates, private-use U+E000-U+F8FF,
+    noncharacters U+FDD0-U+FDEF and U+xFFFE/U+xFFFF); a name that is not valid UTF-8; longer
+    than ``max_len`` characters (1024; pass 880 for Data Box); more than 254 segments; empty
+    segments (``a//b``); ``.`` or ``..`` segments (URL normalisation would move the blob); a
+    segment or the name ending in ``.`` (the naming rules: avoid names ending with a dot).
+    ``prefix`` is empty or ends with ``/``; ``rel_path`` uses ``/`` separators.
     """
     if prefix and not prefix.endswith("/"):
         raise ValueError(f"blob prefix must be empty or end with '/', got {prefix!r}")
@@ -84,6 +118,11 @@ def blob_name(prefix: str, rel_path: str, *, max_len: int = MAX_BLOB_NAME_CHARS)
         name.encode("utf-8")
     except UnicodeEncodeError:
         raise SourceError(display_path(rel_path), "file name is not valid UTF-8") from None
+    refused = _refused_char(rel_path)
+    if refused is not None:
+        raise SourceError(
+            display_path(rel_path), f"name holds {refused}; rename the file to copy it"
+        )
     if len(name) > max_len:
         raise SourceError(rel_path, f"blob name too long: {len(name)} characters > {max_len}")
     if name.endswith(("/", ".")):
@@ -98,7 +137,19 @@ def blob_name(prefix: str, rel_path: str, *, max_len: int = MAX_BLOB_NAME_CHARS)
             raise SourceError(rel_path, "blob name has an empty path segment")
         if segment in (".", ".."):
             raise SourceError(rel_path, f"blob name has a '{segment}' path segment")
+        if segment.endswith("."):
+            raise SourceError(rel_path, f"path segment {segment!r} ends with '.'")
     return name
+
+
+def names_claimed(prefix: str, rel_path: str) -> tuple[str, ...]:
+    """Every blob name a source file could be holding or be confused with, whether or not
+    :func:`blob_name` accepts it: the name itself and the name the service makes of it
+    (``\\`` → ``/``). Deletion never removes a blob that some existing source file claims.
+    """
+    name = prefix + rel_path
+    rewritten = name.replace("\\", "/")
+    return (name,) if rewritten == name else (name, rewritten)
 
 
 def new_upload_id() -> str:

@@ -10,7 +10,8 @@ EventKind = Literal[
     "job_started",
     "file_planned",  # dry run
     "deleted_at_source",
-    "file_deleted",  # total files/bytes known so far (scan is streamed: totals grow)
+    "file_deleted",  # a blob whose source file is gone, deleted (--delete-destination)
+    "delete_planned",  # dry run: the blob would be deleted
     "file_started",
     "progress",  # bytes acknowledged by the destination
     "file_copied",
@@ -51,8 +52,20 @@ class CopyReport:
     blocks_resumed: int = 0
     #: (relative path, one-line reason)
     failures: list[tuple[str, str]] = field(default_factory=list)
-    #: destination blobs whose source file no longer exists (reported, deleted only on request)
+    #: destination blobs that no source file claims (reported; deleted only on request)
     deleted_at_source: list[str] = field(default_factory=list)
+    #: blobs this run deleted (--delete-destination), each also a manifest line
+    blobs_deleted: int = 0
+    #: dry run with --delete-destination: blobs that would be deleted (delete_planned events)
+    blobs_to_delete: int = 0
+    #: why --delete-destination deleted nothing this run (a scan error, a failed file, the
+    #: limit); the job then exits non-zero
+    deletion_refused: str | None = None
+    #: files sent again because their blob was stored in another encryption mode (plain vs
+    #: encrypted) or wrapped by a KEK this run could not unwrap
+    files_resent_for_encryption: int = 0
+    #: blobs whose content key was re-wrapped in place under this run's KEK (no bytes re-sent)
+    files_rewrapped: int = 0
     manifest_path: str | None = None
     #: a dry run counts every planned file as skipped and sends nothing
     dry_run: bool = False
@@ -67,7 +80,7 @@ class CopyReport:
 
     @property
     def ok(self) -> bool:
-        return self.files_failed == 0
+        return self.files_failed == 0 and self.deletion_refused is None
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

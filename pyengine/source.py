@@ -28,6 +28,8 @@ class SourceFile:
     mtime_ns: int
     inode: int
     device: int
+    #: status change time: an in-place rewrite can restore mtime, never ctime
+    ctime_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,15 +44,26 @@ class ScanProblem:
     path: str
     rel_path: str
     reason: str
+    #: False for an entry the filters would not take but which could not be examined (its
+    #: lstat failed, or it is a dangling link that may have led to a directory): not a failed
+    #: file, but the scan did not see the whole tree, so a mirroring caller deletes nothing
+    counted: bool = True
+
+
+#: C0/C1 control characters and DEL, shown escaped so that any path prints on one line
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def display_path(text: str) -> str:
-    """``text`` with undecodable file-name bytes (surrogate escapes) shown as ``\\xNN``."""
+    """``text`` printable on one line: undecodable file-name bytes (surrogate escapes) shown as
+    ``\\xNN``, control characters (a newline, a tab in a file name) as ``\\xNN`` too."""
     try:
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a lone surrogate that did not come from os.fsdecode
-        return text.encode("utf-8", "backslashreplace").decode("ascii")
-    return raw.decode("utf-8", "backslashreplace")
+        shown = text.encode("utf-8", "backslashreplace").decode("ascii")
+    else:
+        shown = raw.decode("utf-8", "backslashreplace")
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", shown)
 
 
 def _is_valid_utf8(name: str) -> bool:
@@ -232,8 +245,15 @@ def scan(
         try:
             lst = os.lstat(path)
         except OSError as exc:  # vanished since listed, or no search permission on dir_path
-            if filt.accepts(rel_path):
-                yield ScanProblem(display_path(path), display_path(rel_path), _reason(exc))
+            # It may have been a directory: never treated as absent (that would look like
+            # deletions), even when the filters would not take it as a file.
+            if not filt.prunes(rel_path):
+                yield ScanProblem(
+                    display_path(path),
+                    display_path(rel_path),
+                    _reason(exc),
+                    counted=filt.accepts(rel_path),
+                )
             continue
 
         is_link = stat.S_ISLNK(lst.st_mode)
@@ -242,11 +262,17 @@ def scan(
             try:
                 st = os.stat(path)
             except OSError as exc:
-                if filt.accepts(rel_path):
+                # a dangling link may be a directory on a mount that is away this run
+                if not filt.prunes(rel_path):
                     reason = _reason(exc)
                     if exc.errno == errno.ENOENT:
                         reason = "dangling symlink"
-                    yield ScanProblem(display_path(path), display_path(rel_path), reason)
+                    yield ScanProblem(
+                        display_path(path),
+                        display_path(rel_path),
+                        reason,
+                        counted=filt.accepts(rel_path),
+                    )
                 continue
 
         if stat.S_ISDIR(st.st_mode):
@@ -294,6 +320,7 @@ def _file(path: str, rel_path: str, st: os.stat_result) -> SourceFile:
         mtime_ns=st.st_mtime_ns,
         inode=st.st_ino,
         device=st.st_dev,
+        ctime_ns=st.st_ctime_ns,
     )
 
 

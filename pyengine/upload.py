@@ -27,12 +27,26 @@ from typing import Any
 
 from . import _core
 from .blob import BlobProps, BlobStore, Destination, parse_destination, redact, resolve_credential
-from .crypto import content_key_from_metadata, encryption_metadata, new_content_key
+from .crypto import (
+    KEYED_DIGEST_METADATA,
+    content_key_from_metadata,
+    encryption_metadata,
+    keyed_digest_hex,
+    new_content_key,
+)
+from .deletion import ClaimedNames, refusal
 from .errors import ConfigError, PyEngineError, SourceError
 from .journal import FileRecord, Journal
 from .manifest import ManifestEntry, ManifestWriter, default_manifest_path
 from .options import CopyOptions, MiB
-from .plan import blob_metadata, blob_name, block_id, choose_block_bytes
+from .plan import (
+    CTIME_METADATA,
+    blob_metadata,
+    blob_name,
+    block_id,
+    choose_block_bytes,
+    names_claimed,
+)
 from .report import CopyReport, Event
 from .source import PathFilter, ScanProblem, SourceFile, display_path, scan
 
@@ -94,7 +108,9 @@ class _Job:
         #: nothing under the prefix when a new job started: no blob can be up to date, so the
         #: per-file HEAD of --check is skipped (it halves the requests of a first migration)
         self.dest_was_empty = False
-        self.problem_dirs: list[str] = []
+        #: why this run cannot prove it saw the whole tree (any entry: no deletion)
+        self.scan_errors: list[str] = []
+        self.claimed = ClaimedNames()
         self.filter = PathFilter(options.include, options.exclude)
         # the core's file ids are uint64: hash-only reads use a range no journal id reaches
         self._hash_ids = iter(range(1 << 62, 1 << 63))
@@ -310,24 +326,15 @@ class _Job:
         try:
             verdict = await self.already_there(src, record)
             if verdict is not None:
-                status, why, props = verdict
-                if status == "copied":
-                    await self.outcome(
-                        src.rel_path,
-                        "copied",
-                        etag=props.etag,
-                        blake3_hex=props.metadata.get("pyengine_blake3"),
-                        **common,
-                    )
-                else:
-                    await self.outcome(
-                        src.rel_path,
-                        "skipped",
-                        reason=why,
-                        etag=props.etag,
-                        blake3_hex=props.metadata.get("pyengine_blake3"),
-                        **common,
-                    )
+                status, why, props, plain_hex = verdict
+                await self.outcome(
+                    src.rel_path,
+                    status,
+                    reason=why if status == "skipped" else None,
+                    etag=props.etag,
+                    blake3_hex=plain_hex,
+                    **common,
+                )
                 return
             await self.send_file(src, record, chunk_bytes, single_put)
         except PyEngineError as e:
@@ -341,42 +348,100 @@ class _Job:
 
     async def already_there(
         self, src: SourceFile, record: FileRecord
-    ) -> tuple[str, str, BlobProps] | None:
-        """Whether the destination already holds this version: ("copied", ...) when it is this
-        job's own commit (a kill between commit and journal), ("skipped", ...) when --check says
-        the blob is up to date, None when the file must be sent."""
+    ) -> tuple[str, str, BlobProps, str | None] | None:
+        """Whether the destination already holds this version, as (status, why, props, plain
+        BLAKE3 hex): ("copied", ...) when it is this job's own commit (a kill between commit and
+        journal), ("skipped", ...) when --check says the blob is up to date; None when the file
+        must be sent.
+
+        Up to date means the same source version (size, mtime and ctime as read) stored the way
+        this run asks: the same encryption mode, and for encrypted blobs a content key this
+        run's KEK unwraps. A blob wrapped by an old KEK (``old_keks``) is re-wrapped in place;
+        one in the other mode, or wrapped by a key this run cannot unwrap, is sent again."""
         assert self.store is not None
-        if not self.resumed and (self.options.check == "none" or self.dest_was_empty):
+        opts = self.options
+        if not self.resumed and (opts.check == "none" or self.dest_was_empty):
             return None
         props = await self.store.get_properties(record.blob_name)
         if props is None:
             return None
         md = props.metadata
-        same_meta = (
+        plain_hex = md.get("pyengine_blake3")
+        keyed_hex = md.get(KEYED_DIGEST_METADATA)
+        same_version = (
             md.get("pyengine_size") == str(src.size_bytes)
             and md.get("pyengine_mtime_ns") == str(src.mtime_ns)
-            and bool(md.get("pyengine_blake3"))
+            and md.get(CTIME_METADATA) == str(src.ctime_ns)
+            and bool(plain_hex or keyed_hex)
         )
+        stored_encrypted = "encryptiondata" in md
         ours = md.get("pyengine_upload_id") == record.upload_id or (
-            same_meta and md.get("pyengine_job_id") == self.report.job_id
+            same_version and md.get("pyengine_job_id") == self.report.job_id
         )
-        if ours:  # a kill came between the commit and its journal record
-            return ("copied", "committed by an earlier run of this job", props)
-        if self.options.check == "metadata" and same_meta:
-            return (
-                "skipped",
-                "unchanged (size, mtime and BLAKE3 recorded at the destination)",
-                props,
-            )
-        if self.options.check == "hash" and md.get("pyengine_size") == str(src.size_bytes):
+        if ours and stored_encrypted == opts.encrypt:  # a kill came between commit and journal
+            if plain_hex is not None:
+                return ("copied", "committed by an earlier run of this job", props, plain_hex)
+            # an encrypted blob keeps no plaintext digest: re-hash to journal one, and to prove
+            # the commit holds this file's bytes
             digest = await self.hash_file(src)
-            if digest is not None and digest.hex() == md.get("pyengine_blake3"):
-                return (
-                    "skipped",
-                    "unchanged (BLAKE3 of the source equals the destination's)",
-                    props,
-                )
-        return None
+            cek = content_key_from_metadata(md["encryptiondata"], opts.kek)
+            if (
+                digest is not None
+                and cek is not None
+                and keyed_digest_hex(cek, digest.hex()) == keyed_hex
+            ):
+                return ("copied", "committed by an earlier run of this job", props, digest.hex())
+            return None
+        if opts.check == "none":
+            return None
+        if stored_encrypted != opts.encrypt:
+            if same_version:  # up to date but for the mode: what was asked for is what counts
+                self.report.files_resent_for_encryption += 1
+            return None
+        cek: bytes | None = None
+        rewrap_from: Any = None
+        if opts.encrypt:
+            cek = content_key_from_metadata(md["encryptiondata"], opts.kek)
+            if cek is None:
+                for old in opts.old_keks:
+                    cek = content_key_from_metadata(md["encryptiondata"], old)
+                    if cek is not None:
+                        rewrap_from = old
+                        break
+            if cek is None:  # wrapped by a key this run cannot unwrap: send under this one
+                if same_version:
+                    self.report.files_resent_for_encryption += 1
+                return None
+        if opts.check == "metadata" and same_version:
+            why = "unchanged (size, mtime, ctime and digest recorded at the destination)"
+        elif opts.check == "hash" and md.get("pyengine_size") == str(src.size_bytes):
+            digest = await self.hash_file(src)
+            if digest is None:
+                return None
+            if cek is not None and keyed_hex is not None:
+                match = keyed_digest_hex(cek, digest.hex()) == keyed_hex
+            else:
+                match = digest.hex() == plain_hex
+            if not match:
+                return None
+            plain_hex = digest.hex()
+            why = "unchanged (BLAKE3 of the source equals the destination's)"
+        else:
+            return None
+        if rewrap_from is not None:
+            assert cek is not None
+            await self.rewrap(props, cek)
+            why += "; content key re-wrapped under the current KEK"
+        return ("skipped", why, props, plain_hex)
+
+    async def rewrap(self, props: BlobProps, content_key: bytes) -> None:
+        """Key rotation in place: the same content key wrapped by this run's KEK, written with
+        Set Blob Metadata (If-Match: a blob changed meanwhile is not touched). No byte is sent."""
+        assert self.store is not None
+        metadata = dict(props.metadata)
+        metadata["encryptiondata"] = encryption_metadata(content_key, self.options.kek)
+        await self.store.set_metadata(props.name, metadata, if_match=props.etag)
+        self.report.files_rewrapped += 1
 
     async def hash_file(self, src: SourceFile) -> bytes | None:
         task = _FileTask(
@@ -484,6 +549,7 @@ class _Job:
         metadata = blob_metadata(
             size_bytes=src.size_bytes,
             mtime_ns=done.mtime_ns,
+            ctime_ns=src.ctime_ns,
             blake3_hex=blake3_hex,
             upload_id=record.upload_id,
             job_id=self.report.job_id,
@@ -567,6 +633,12 @@ class _Job:
                     q.get_nowait()
 
     async def run(self) -> CopyReport:
+        try:
+            return await self._run()
+        finally:
+            self.claimed.close()
+
+    async def _run(self) -> CopyReport:
         opts = self.options
         start = time.monotonic()
         if opts.encrypt and opts.kek is None:
@@ -581,11 +653,14 @@ class _Job:
             await store.ensure_container(create=opts.create_container and not opts.dry_run)
             if opts.dry_run:
                 await self.copy_all()
+                await self.report_deletions()
             else:
                 with Journal.open(opts.journal_path) as journal:
                     self.journal = journal
                     job_id = journal.find_unfinished_job(self.source, self.dest.redacted())
                     self.resumed = job_id is not None
+                    if job_id is not None:
+                        self.check_same_encryption(journal.get_job(job_id))
                     if not self.resumed and opts.check != "none":
                         listing = store.list_blobs(self.dest.prefix, metadata=False, page_size=1)
                         try:
@@ -618,6 +693,26 @@ class _Job:
         self.report.dry_run = opts.dry_run
         self.emit("job_finished", extra=self.report.to_json())
         return self.report
+
+    def check_same_encryption(self, job: Any) -> None:
+        """A resumed job keeps the encryption it started with: one job never mixes modes or
+        keys (exit 2 naming the option)."""
+        started = job.options
+        opts = self.options
+        if bool(started.get("encrypt")) != opts.encrypt:
+            was = "with" if started.get("encrypt") else "without"
+            raise ConfigError(
+                "--encrypt",
+                f"job {job.job_id} was started {was} --encrypt; resume it with the same "
+                "options, or start a new job (another --journal)",
+            )
+        kek_id = opts.kek.get_kid() if opts.kek is not None else None
+        if opts.encrypt and started.get("kek_id") != kek_id:
+            raise ConfigError(
+                "--kek-file",
+                f"job {job.job_id} was started with another key-encryption key; resume it with "
+                "that key, or start a new job (another --journal)",
+            )
 
     def _job_options(self) -> dict[str, Any]:
         """The options worth keeping with the job: no key, no connection string."""
@@ -656,18 +751,10 @@ class _Job:
             loop.add_reader(pipeline.fileno(), self.on_pipeline_ready)
             try:
                 async for batch in self.scan_batches(self.source):
+                    self.claim_names(batch)
                     for item in batch:
                         if isinstance(item, ScanProblem):
-                            if not item.rel_path or item.reason.startswith(
-                                ("symlink loop", "directory")
-                            ):
-                                self.problem_dirs.append(item.rel_path)
-                            await self.outcome(
-                                item.rel_path or item.path,
-                                "failed",
-                                size_bytes=0,
-                                reason=item.reason,
-                            )
+                            await self.scan_problem(item)
                             continue
                         await window.acquire()
                         t = loop.create_task(one(item))
@@ -688,37 +775,93 @@ class _Job:
             await asyncio.sleep(JOURNAL_FLUSH_S)
             await self.journal.aflush()
 
-    async def report_deletions(self) -> None:
-        """Blobs under the prefix whose source file is gone: reported; deleted only on request."""
-        assert self.store is not None and self.journal is not None
+    def claim_names(self, batch: list[SourceFile | ScanProblem]) -> None:
+        """Records the blob names this batch's source entries claim (deletion spares them)."""
         prefix = self.dest.prefix
+        names = [n for item in batch if item.rel_path for n in names_claimed(prefix, item.rel_path)]
+        self.claimed.add(names, files=sum(isinstance(item, SourceFile) for item in batch))
+
+    async def scan_problem(self, item: ScanProblem) -> None:
+        """An entry the scan could not take: a failed file (counted), and in any case proof
+        that this run did not see the whole tree, so it deletes nothing."""
+        self.scan_errors.append(f"{item.rel_path or item.path}: {item.reason}")
+        if not item.counted:  # not a file the filters take: one log line, not a failure
+            log.warning("%s: %s (the scan could not examine it)", item.rel_path, item.reason)
+            return
+        await self.outcome(item.rel_path or item.path, "failed", size_bytes=0, reason=item.reason)
+
+    def deletion_blocked(self) -> str | None:
+        """Why this run must not delete anything, or None."""
+        if self.scan_errors:
+            n = len(self.scan_errors)
+            return f"the scan met {n} error{'s' if n > 1 else ''} (first: {self.scan_errors[0]})"
+        if self.report.files_failed:
+            return f"{self.report.files_failed} files failed"
+        return None
+
+    async def report_deletions(self) -> None:
+        """Blobs under the prefix that no source file claims: reported, and deleted only on
+        request, after a clean scan, within the limit. See pyengine.deletion."""
+        assert self.store is not None
+        if os.path.isfile(self.source):
+            return  # a single-file copy says nothing about its neighbours
+        opts = self.options
+        r = self.report
+        blocked = self.deletion_blocked()
+        if blocked is None and self.journal is not None:
+            # every copy of the run is durable before the first deletion (raises on failure)
+            await self.journal.aflush()
+        prefix = self.dest.prefix
+        candidates: list[BlobProps] = []
+        blobs_under_prefix = 0
         async for props in self.store.list_blobs(prefix, metadata=False):
+            blobs_under_prefix += 1
             rel = props.name[len(prefix) :]
-            if not self.filter.accepts(rel) or any(
-                rel.startswith(d.rstrip("/") + "/") for d in self.problem_dirs if d
-            ):
+            if props.name in self.claimed or not self.filter.accepts(rel):
                 continue
-            if self.journal.file_record(self.report.job_id, rel) is not None:
+            candidates.append(props)
+        if blocked is not None:
+            # the scan did not see the whole tree: these blobs may well have a source file, so
+            # none is reported as deleted at source, let alone deleted
+            if opts.delete_destination:
+                r.deletion_refused = (
+                    f"nothing deleted: {blocked}; kept {len(candidates)} blobs that no file "
+                    "seen this run claims"
+                )
+            return
+        r.deleted_at_source = [p.name[len(prefix) :] for p in candidates]
+        if not opts.delete_destination or not candidates:
+            for props in candidates:
+                self.emit("deleted_at_source", path=props.name[len(prefix) :], blob=props.name)
+            return
+        why = refusal(
+            candidates=len(candidates),
+            blobs_under_prefix=blobs_under_prefix,
+            files_in_source=self.claimed.files,
+            limit=opts.max_delete,
+        )
+        if why is not None:
+            r.deletion_refused = f"nothing deleted: {why}"
+            return
+        for props in candidates:
+            rel = props.name[len(prefix) :]
+            if opts.dry_run:
+                r.blobs_to_delete += 1
+                self.emit("delete_planned", path=rel, blob=props.name, bytes=props.size_bytes)
                 continue
-            if os.path.isfile(self.source):
-                continue  # a single-file copy says nothing about its neighbours
-            self.report.deleted_at_source.append(rel)
-            if self.options.delete_destination:
-                await self.store.delete_blob(props.name)
-            self.emit(
-                "file_deleted" if self.options.delete_destination else "deleted_at_source",
-                path=rel,
-                blob=props.name,
-            )
+            await self.store.delete_blob(props.name)
+            r.blobs_deleted += 1
+            self.emit("file_deleted", path=rel, blob=props.name, bytes=props.size_bytes)
             if self.manifest is not None:
                 await self.manifest.write(
                     ManifestEntry(
                         path=rel,
                         size_bytes=props.size_bytes,
                         mtime_ns=0,
-                        status="deleted_at_source",
-                        job_id=self.report.job_id,
+                        status="deleted",
+                        job_id=r.job_id,
                         blob_url=self.dest.blob_url(props.name),
+                        etag=props.etag,
                     )
                 )
 

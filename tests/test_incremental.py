@@ -97,8 +97,11 @@ def test_rerun_copies_exactly_new_and_changed_files(setup, azurite, container) -
 def test_delete_destination_removes_blobs_whose_source_is_gone(setup, azurite, container) -> None:
     src, journal, client = setup
     (src / "series/img2.dcm").unlink()
-    summary, _ = _copy(src, container, journal, azurite, "--delete-destination")
+    summary, _ = _copy(
+        src, container, journal, azurite, "--delete-destination", "--max-delete", "1"
+    )
     assert summary["deleted_at_source"] == ["series/img2.dcm"]
+    assert summary["blobs_deleted"] == 1
     assert not client.get_blob_client("series/img2.dcm").exists()
     assert client.get_blob_client("series/img3.dcm").exists()
 

@@ -51,6 +51,7 @@ def test_source_file_carries_absolute_path_size_mtime_and_identity(tmp_path):
         mtime_ns=st.st_mtime_ns,
         inode=st.st_ino,
         device=st.st_dev,
+        ctime_ns=st.st_ctime_ns,
     )
 
 
