@@ -742,7 +742,7 @@ class BlobStore:
         ETag. With ``if_match`` a blob changed since it was read is left alone (HTTP 412)."""
         headers = {f"x-ms-meta-{k.lower()}": v for k, v in metadata.items()}
         if if_match:
-            headers["If-Match"] = if_match
+            headers["if-match"] = if_match  # lowercase: the SharedKey signer reads it so
         _, h, _ = await self._request(
             "PUT", name, what="set metadata", query={"comp": "metadata"}, headers=headers
         )

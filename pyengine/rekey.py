@@ -17,6 +17,7 @@ from typing import Any
 from .blob import BlobProps, BlobStore, parse_destination, resolve_credential
 from .crypto import content_key_from_metadata, encryption_metadata
 from .errors import PyEngineError
+from .options import CopyOptions
 
 log = logging.getLogger("pyengine")
 
@@ -63,7 +64,10 @@ async def rekey(
     report = RekeyReport(dry_run=dry_run)
     slots = asyncio.Semaphore(concurrency)
 
-    async with BlobStore(destination, credential, max_connections=concurrency) as store:
+    retry = CopyOptions().retry
+    async with BlobStore(
+        destination, credential, retry=retry, max_connections=concurrency
+    ) as store:
         await store.ensure_container(create=False)
 
         async def one(props: BlobProps) -> None:
