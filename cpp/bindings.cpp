@@ -58,11 +58,13 @@ struct Chunk {
   py::object view;  // PooledView, or None once released
 };
 
+// The identity fields are what fstat said before the first read; the core checked after the last
+// read that they did not change, so they describe exactly the bytes that were read.
 struct FileDone {
   uint64_t file_id;
   std::string path;
-  uint64_t size_bytes;
-  int64_t mtime_ns;
+  uint64_t size_bytes, file_size_bytes;
+  int64_t mtime_ns, ctime_ns;
   uint64_t inode, device, chunks;
   py::object blake3;
 };
@@ -81,8 +83,9 @@ py::object convert(Event& event) {
   }
   if (auto* d = std::get_if<FileDoneEvent>(&event)) {
     py::object digest = d->blake3 ? py::object(to_bytes(d->blake3->data(), 32)) : py::none();
-    return py::cast(FileDone{d->file_id, d->path, d->size_bytes, d->identity.mtime_ns,
-                             d->identity.inode, d->identity.device, d->chunks, digest});
+    const FileIdentity& id = d->identity;
+    return py::cast(FileDone{d->file_id, d->path, d->size_bytes, id.size_bytes, id.mtime_ns,
+                             id.ctime_ns, id.inode, id.device, d->chunks, digest});
   }
   auto& f = std::get<FileFailedEvent>(event);
   return py::cast(FileFailed{f.file_id, f.path, failure_kind_name(f.kind), f.reason, f.errno_value});
@@ -201,7 +204,9 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("file_id", &FileDone::file_id)
       .def_readonly("path", &FileDone::path)
       .def_readonly("size_bytes", &FileDone::size_bytes)
+      .def_readonly("file_size_bytes", &FileDone::file_size_bytes)
       .def_readonly("mtime_ns", &FileDone::mtime_ns)
+      .def_readonly("ctime_ns", &FileDone::ctime_ns)
       .def_readonly("inode", &FileDone::inode)
       .def_readonly("device", &FileDone::device)
       .def_readonly("chunks", &FileDone::chunks)
@@ -213,6 +218,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("kind", &FileFailed::kind)
       .def_readonly("errno", &FileFailed::errno_value)
       .def_readonly("reason", &FileFailed::reason)
+      .def_property_readonly("changed", [](const FileFailed& f) { return f.kind == "changed"; })
       .def_property_readonly("message",
                              [](const FileFailed& f) { return f.path + ": " + f.reason; })
       .def_property_readonly("error", [](const FileFailed& f) {

@@ -43,6 +43,7 @@ static FileIdentity identity_of(const struct stat& st) {
   FileIdentity id;
   id.size_bytes = static_cast<uint64_t>(st.st_size);
   id.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+  id.ctime_ns = static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000LL + st.st_ctim.tv_nsec;
   id.inode = static_cast<uint64_t>(st.st_ino);
   id.device = static_cast<uint64_t>(st.st_dev);
   return id;
@@ -126,8 +127,19 @@ void SourceFile::check_unchanged() const {
     throw SourceError(FailureKind::Changed, path_, 0,
                       "file shrank while being read (" + std::to_string(identity_.size_bytes) +
                           " -> " + std::to_string(now.size_bytes) + " bytes)");
-  if (now.mtime_ns != identity_.mtime_ns)
-    throw SourceError(FailureKind::Changed, path_, 0, "file was modified while being read");
+  if (now == identity_) return;
+  // Same size: rewritten in place (or replaced). Name what moved; the kind is what callers act on.
+  std::string fields;
+  auto note = [&fields](bool differs, const char* name) {
+    if (!differs) return;
+    if (!fields.empty()) fields += ", ";
+    fields += name;
+  };
+  note(now.mtime_ns != identity_.mtime_ns, "mtime");
+  note(now.ctime_ns != identity_.ctime_ns, "ctime");
+  note(now.inode != identity_.inode, "inode");
+  note(now.device != identity_.device, "device");
+  throw SourceError(FailureKind::Changed, path_, 0, "changed while being read (" + fields + ")");
 }
 
 }  // namespace pyengine

@@ -1,5 +1,5 @@
-// Opening and reading source files: identity checks (size, mtime, inode, device), pread at 64-bit
-// offsets, sequential read-ahead advice and optional O_DIRECT.
+// Opening and reading source files: identity checks (device, inode, size, mtime, ctime), pread at
+// 64-bit offsets, sequential read-ahead advice and optional O_DIRECT.
 #pragma once
 
 #include <cstddef>
@@ -8,11 +8,21 @@
 
 namespace pyengine {
 
+// What fstat says about the open file. ctime is part of it because an in-place rewrite can restore
+// mtime (utime, archivers, some PACS exports) but never ctime: the kernel sets ctime on every write
+// and on the utime call itself.
 struct FileIdentity {
   uint64_t size_bytes = 0;
   int64_t mtime_ns = 0;
+  int64_t ctime_ns = 0;
   uint64_t inode = 0;
   uint64_t device = 0;
+
+  bool operator==(const FileIdentity& o) const {
+    return size_bytes == o.size_bytes && mtime_ns == o.mtime_ns && ctime_ns == o.ctime_ns &&
+           inode == o.inode && device == o.device;
+  }
+  bool operator!=(const FileIdentity& o) const { return !(*this == o); }
 };
 
 class SourceFile {
@@ -30,7 +40,8 @@ class SourceFile {
 
   // Reads exactly len_bytes at offset or throws SourceError (I/O error, or "shrank" on early EOF).
   void read_exact(uint8_t* dst, size_t len_bytes, uint64_t offset_bytes) const;
-  // Throws SourceError(Changed) if size or mtime differ from what was seen at open.
+  // fstat again after the last read: throws SourceError(Changed) if any field of the identity
+  // (device, inode, size, mtime, ctime) differs from what fstat said at open, before the first read.
   void check_unchanged() const;
 
  private:

@@ -54,12 +54,18 @@ class Chunk:
     def __exit__(self, *exc: object) -> None: ...
 
 class FileDone:
-    """Every chunk of the file was emitted and the file did not change while read."""
+    """Every chunk of the file was emitted and the file did not change while read.
+
+    The identity fields (file_size_bytes, mtime_ns, ctime_ns, inode, device) are what fstat said
+    on the open descriptor before the first read; fstat after the last read said the same, so they
+    describe exactly the bytes that were read (journal and blob metadata take them from here)."""
 
     file_id: int
     path: str
     size_bytes: int  # bytes read (the range length when a range was given)
+    file_size_bytes: int  # the file's size (= size_bytes for a whole-file read)
     mtime_ns: int
+    ctime_ns: int
     inode: int
     device: int
     chunks: int
@@ -73,6 +79,9 @@ class FileFailed:
     file_id: int
     path: str
     kind: str  # 'missing' | 'not_regular' | 'permission' | 'io' | 'changed' | 'too_large'
+    #: kind == 'changed': the file's size, identity (device, inode, mtime, ctime) or length moved
+    #: between its open and its last read. Not an I/O error: reading it again may succeed.
+    changed: bool
     errno: int
     reason: str  # one line, without the path
     message: str  # one line: "<path>: <reason>"

@@ -25,9 +25,10 @@ File states::
                   |              |
                   +--------------+-----> failed | skipped
 
-A file whose identity (size, mtime_ns, inode, device) differs from its journaled version when
-:meth:`Journal.begin_file` is called starts over: a new ``upload_id``, no acknowledged blocks,
-state ``planned``, and the returned record's ``previous_state`` is ``"changed"``. One row is kept
+A file whose identity (size, mtime_ns, ctime_ns, inode, device) differs from its journaled
+version when :meth:`Journal.begin_file` is called starts over: a new ``upload_id``, no acknowledged
+blocks, state ``planned``, and the returned record's ``previous_state`` is ``"changed"``. ctime is
+part of it because an in-place rewrite can restore mtime, never ctime. One row is kept
 per (job, rel_path): the latest version, so summaries count each path once however often a job
 was resumed.
 
@@ -54,7 +55,7 @@ from typing import Any
 
 from pyengine.errors import JournalError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 STATES = ("planned", "uploading", "committing", "committed", "failed", "skipped")
 #: states whose files still need work on resume
@@ -149,10 +150,14 @@ class FileRecord:
     #: the blob's `encryptiondata` (content key wrapped by the KEK: not a secret, the same value
     #: goes into the blob metadata); lets a resumed job re-create identical ciphertext blocks
     encryptiondata: str | None = None
+    #: ctime of the version that was read. An in-place rewrite can restore mtime, never ctime, so
+    #: a ctime change is a new version. None: journaled before schema 2 (never checked against a
+    #: rewrite), which matches no scanned ctime and so counts as changed once.
+    ctime_ns: int | None = None
 
     @property
-    def identity(self) -> tuple[int, int, int, int]:
-        return (self.size_bytes, self.mtime_ns, self.inode, self.device)
+    def identity(self) -> tuple[int, int, int | None, int, int]:
+        return (self.size_bytes, self.mtime_ns, self.ctime_ns, self.inode, self.device)
 
 
 @dataclass(frozen=True)
@@ -239,17 +244,24 @@ CREATE TABLE blocks (
 ) WITHOUT ROWID;
 """
 
+
+def _add_ctime_column(conn: sqlite3.Connection) -> None:
+    """1 -> 2: the ctime of each file version (NULL for versions journaled before: FileRecord)."""
+    conn.execute("ALTER TABLE files ADD COLUMN ctime_ns INTEGER")
+
+
 #: MIGRATIONS[v] upgrades a journal from schema v to v + 1, inside the opening transaction.
 #: Add an entry (and bump SCHEMA_VERSION) for every schema change; never edit _SCHEMA_V1 in place
 #: without one, or journals of running migrations could not be resumed by the new version.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_ctime_column}
 
 _FILE_COLUMNS = (
     "file_id, job_id, rel_path, size_bytes, mtime_ns, inode, device, blob_name, upload_id,"
-    " block_bytes, encrypted, state, etag, blake3_hex, error, updated_ns, encryptiondata"
+    " block_bytes, encrypted, state, etag, blake3_hex, error, updated_ns, encryptiondata,"
+    " ctime_ns"
 )
 
-_SQL_INSERT_FILE = f"INSERT INTO files ({_FILE_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+_SQL_INSERT_FILE = f"INSERT INTO files ({_FILE_COLUMNS}) VALUES ({', '.join('?' * 18)})"
 _SQL_FILE_BY_PATH = f"SELECT {_FILE_COLUMNS} FROM files WHERE job_id = ? AND rel_path = ?"
 _SQL_DELETE_FILE = "DELETE FROM files WHERE file_id = ?"
 # A late acknowledgement for a version that begin_file has since replaced must not fail the whole
@@ -623,6 +635,7 @@ class Journal:
             error,
             updated_ns,
             encryptiondata,
+            ctime_ns,
         ) = row
         return FileRecord(
             file_id=file_id,
@@ -642,6 +655,7 @@ class Journal:
             error=error,
             updated_ns=updated_ns,
             encryptiondata=encryptiondata,
+            ctime_ns=ctime_ns,
         )
 
     def file_record(self, job_id: str, rel_path: str) -> FileRecord | None:
@@ -670,17 +684,19 @@ class Journal:
         blob_name: str,
         block_bytes: int,
         encrypted: bool,
+        ctime_ns: int | None = None,
     ) -> FileRecord:
         """The record to upload rel_path with: the journaled one when its identity matches (with
         its upload_id, state and acknowledged blocks), else a new version (new upload_id, state
         planned, no blocks; ``previous_state == "changed"`` when an older version was dropped).
 
         A match with a different blob_name, block_bytes or encryption also starts over: its
-        block IDs or payload would not fit the new plan.
+        block IDs or payload would not fit the new plan. ``ctime_ns`` is part of the identity
+        (None only where the caller has none: it then matches a version journaled without one).
         """
         existing = self.file_record(job_id, rel_path)
         if existing is not None and (
-            existing.identity == (size_bytes, mtime_ns, inode, device)
+            existing.identity == (size_bytes, mtime_ns, ctime_ns, inode, device)
             and existing.blob_name == blob_name
             and existing.block_bytes == block_bytes
             and existing.encrypted == encrypted
@@ -703,6 +719,7 @@ class Journal:
             acked_blocks={},
             previous_state="changed" if existing is not None else None,
             updated_ns=now_ns,
+            ctime_ns=ctime_ns,
         )
         if existing is not None:
             # Cascades to its blocks; a late ack for it is then dropped by _SQL_ACK's guard.
@@ -727,6 +744,7 @@ class Journal:
                 None,
                 now_ns,
                 None,
+                ctime_ns,
             ),
             record.file_id,
             (job_id, rel_path),

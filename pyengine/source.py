@@ -20,7 +20,9 @@ from .errors import SourceError
 
 @dataclass(frozen=True, slots=True)
 class SourceFile:
-    """A regular file to copy, as it was when scanned (the reader re-checks size and mtime)."""
+    """A regular file to copy, as it was when scanned. Its identity (device, inode, size, mtime,
+    ctime) is what the journal keys a file version on; the native reader takes the identity again
+    from the open descriptor and reports a change between its first and last read."""
 
     path: str  # absolute (through symlinks as found, not resolved)
     rel_path: str  # relative to the scan root, "/" separators: the blob name after the prefix
@@ -28,8 +30,9 @@ class SourceFile:
     mtime_ns: int
     inode: int
     device: int
-    #: status change time: an in-place rewrite can restore mtime, never ctime
-    ctime_ns: int = 0
+    #: an in-place rewrite can restore mtime (utime), never ctime: the kernel sets it on every
+    #: write and on utime itself
+    ctime_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +327,19 @@ def _file(path: str, rel_path: str, st: os.stat_result) -> SourceFile:
     )
 
 
+def restat(src: SourceFile) -> SourceFile | ScanProblem:
+    """``src`` as it is now, taken the way the scan takes it (a symlink is followed): for reading
+    a file again from scratch after it changed while being read."""
+    try:
+        st = os.stat(src.path)
+    except OSError as exc:
+        return ScanProblem(display_path(src.path), display_path(src.rel_path), _reason(exc))
+    if not stat.S_ISREG(st.st_mode):
+        reason = f"not a regular file ({_special_kind(st.st_mode)})"
+        return ScanProblem(display_path(src.path), display_path(src.rel_path), reason)
+    return _file(src.path, src.rel_path, st)
+
+
 def _list_dir(path: str) -> list[str] | str:
     """Sorted entry names of ``path``, or the one-line reason it cannot be listed.
 
@@ -338,4 +354,4 @@ def _list_dir(path: str) -> list[str] | str:
     return names
 
 
-__all__ = ["PathFilter", "ScanProblem", "SourceFile", "display_path", "scan"]
+__all__ = ["PathFilter", "ScanProblem", "SourceFile", "display_path", "restat", "scan"]

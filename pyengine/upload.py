@@ -48,7 +48,7 @@ from .plan import (
     names_claimed,
 )
 from .report import CopyReport, Event
-from .source import PathFilter, ScanProblem, SourceFile, display_path, scan
+from .source import PathFilter, ScanProblem, SourceFile, display_path, restat, scan
 
 log = logging.getLogger("pyengine")
 
@@ -59,6 +59,9 @@ SCAN_BATCH = 256
 #: how often acknowledged blocks are group-committed to the journal
 JOURNAL_FLUSH_S = 0.5
 MIN_CHUNK_BYTES = 64 * 1024
+#: reads of a file that keeps changing while it is read before it fails with CHANGED_REASON
+CHANGED_TRIES = 3
+CHANGED_REASON = "changed while being read"
 
 
 def _next_pow2(n: int) -> int:
@@ -84,6 +87,7 @@ class _FileTask:
     done: Any = None  # _core.FileDone
     finished: asyncio.Future[None] | None = None
     hash_only: bool = False  # --check=hash: read to compare BLAKE3, send nothing
+    changed: bool = False  # the core's failure says the file changed while read: read it again
 
 
 class _Job:
@@ -195,6 +199,7 @@ class _Job:
                 self.finish_when_sent(task)
             else:
                 task.failure = ev.reason
+                task.changed = ev.changed
                 if task.held is not None:
                     task.held.release()
                     task.held = None
@@ -299,6 +304,7 @@ class _Job:
             src.rel_path,
             size_bytes=src.size_bytes,
             mtime_ns=src.mtime_ns,
+            ctime_ns=src.ctime_ns,
             inode=src.inode,
             device=src.device,
             blob_name=name,
@@ -502,6 +508,103 @@ class _Job:
     async def send_file(
         self, src: SourceFile, record: FileRecord, chunk_bytes: int, single_put: bool
     ) -> None:
+        """Reads, sends and commits one file, or counts it failed.
+
+        A file that changed while it was read (the core's FileFailed kind "changed"), or whose
+        identity at open is not the scanned one, is read again from scratch: a fresh stat, a new
+        file version in the journal (new upload id, no resumed block) and, when encrypting, a new
+        content key, since a (key, nonce) pair must never cover two plaintexts. A file that
+        changed during each of CHANGED_TRIES reads fails with one line, CHANGED_REASON.
+        """
+        for attempt in range(1, CHANGED_TRIES + 1):
+            if attempt > 1:
+                again = self._new_version_to_read(src, record)
+                if isinstance(again, str):
+                    await self.outcome(
+                        src.rel_path,
+                        "failed",
+                        reason=again,
+                        size_bytes=src.size_bytes,
+                        mtime_ns=src.mtime_ns,
+                        blob=record.blob_name,
+                        record=record,
+                    )
+                    return
+                src, record, chunk_bytes, single_put = again
+            if not await self._send_version(
+                src, record, chunk_bytes, single_put, resume=attempt == 1
+            ):
+                return
+            log.info(
+                "%s: %s (read %d of %d)",
+                display_path(src.rel_path),
+                CHANGED_REASON,
+                attempt,
+                CHANGED_TRIES,
+            )
+        await self.outcome(
+            src.rel_path,
+            "failed",
+            reason=CHANGED_REASON,
+            size_bytes=src.size_bytes,
+            mtime_ns=src.mtime_ns,
+            blob=record.blob_name,
+            record=record,
+        )
+
+    def _new_version_to_read(
+        self, src: SourceFile, record: FileRecord
+    ) -> tuple[SourceFile, FileRecord, int, bool] | str:
+        """The file as it is now, its chunk plan and its new journal version, for a read from
+        scratch after a change; or the one-line reason it cannot be read again."""
+        assert self.journal is not None
+        now = restat(src)
+        if isinstance(now, ScanProblem):
+            return now.reason
+        # The plan rule of copy_file; a size change may move the file across single_put_max_bytes.
+        opts = self.options
+        single_put = now.size_bytes <= opts.single_put_max_bytes
+        try:
+            if single_put:
+                floor = _core.REGION_BYTES if opts.encrypt else MIN_CHUNK_BYTES
+                chunk_bytes = max(floor, _next_pow2(now.size_bytes))
+            elif opts.block_bytes:
+                chunk_bytes = opts.block_bytes
+            else:
+                chunk_bytes = choose_block_bytes(
+                    now.size_bytes, encrypt=opts.encrypt, path=now.rel_path
+                )
+        except SourceError as e:
+            return e.reason
+        fresh = self.journal.begin_file(
+            record.job_id,
+            now.rel_path,
+            size_bytes=now.size_bytes,
+            mtime_ns=now.mtime_ns,
+            ctime_ns=now.ctime_ns,
+            inode=now.inode,
+            device=now.device,
+            blob_name=record.blob_name,
+            block_bytes=chunk_bytes,
+            encrypted=opts.encrypt,
+        )
+        # The stat may not show the change (the same identity returns the same record): the
+        # earlier key then still must not cover the new bytes.
+        fresh.encryptiondata = None
+        return now, fresh, chunk_bytes, single_put
+
+    async def _send_version(
+        self,
+        src: SourceFile,
+        record: FileRecord,
+        chunk_bytes: int,
+        single_put: bool,
+        *,
+        resume: bool,
+    ) -> bool:
+        """One read of the file, sent and committed unless the file changed. True when it changed
+        (nothing committed, read it again); False when the outcome (copied or failed) is counted.
+        resume=False sends every block again, whatever an earlier run acknowledged."""
         assert self.journal is not None and self.store is not None
         opts = self.options
         content_key, encryptiondata = self.content_key_for(record)
@@ -513,7 +616,11 @@ class _Job:
             content_key=content_key,
             encryptiondata=encryptiondata,
         )
-        if not single_put and (content_key is None or encryptiondata == record.encryptiondata):
+        if (
+            resume
+            and not single_put
+            and (content_key is None or encryptiondata == record.encryptiondata)
+        ):
             task.resumable = await self.resumable_blocks(record)
         task.finished = asyncio.get_running_loop().create_future()
         self.journal.mark_uploading(record.file_id)
@@ -542,14 +649,27 @@ class _Job:
             "record": record,
         }
         if task.failure is not None:
+            if task.changed:
+                log.debug("%s: %s", display_path(src.rel_path), task.failure)
+                return True
             await self.outcome(src.rel_path, "failed", reason=task.failure, **common)
-            return
+            return False
         done = task.done
+        read = (done.file_size_bytes, done.mtime_ns, done.ctime_ns, done.inode, done.device)
+        if read != record.identity:
+            # Changed between the scan and the open: what was read is consistent, but it is not
+            # the version the journal holds. Read again under the identity it has now.
+            if task.held is not None:
+                task.held.release()
+                task.held = None
+            return True
         blake3_hex = done.blake3.hex()
+        # Size, mtime and ctime as the core saw them before its first read and again after its
+        # last: the metadata describes exactly the bytes that were read.
         metadata = blob_metadata(
-            size_bytes=src.size_bytes,
+            size_bytes=done.file_size_bytes,
             mtime_ns=done.mtime_ns,
-            ctime_ns=src.ctime_ns,
+            ctime_ns=done.ctime_ns,
             blake3_hex=blake3_hex,
             upload_id=record.upload_id,
             job_id=self.report.job_id,
@@ -591,6 +711,7 @@ class _Job:
             if task.held is not None:
                 task.held.release()
         await self.outcome(src.rel_path, "copied", etag=etag, blake3_hex=blake3_hex, **common)
+        return False
 
     # --- the job ---------------------------------------------------------------------------
 

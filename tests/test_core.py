@@ -8,6 +8,8 @@ import os
 import shutil
 import stat
 import subprocess
+import threading
+import time
 
 import blake3
 import pytest
@@ -390,6 +392,66 @@ def test_file_changing_while_read_is_reported_not_completed(tmp_path, change):
     assert isinstance(failed, _core.FileFailed) and failed.kind == "changed"
     assert ("grew" if change == "grow" else "shrank") in failed.message
     assert not any(isinstance(e, _core.FileDone) for e in events)
+
+
+def rewrite_in_place_keeping_mtime(path) -> None:
+    """Other bytes of the same length written over path, its mtime then restored (archivers and
+    some PACS exports do this). Only ctime still shows the write; the kernel's timestamp clock is
+    coarse (a few ms), so wait until it moved: the outcome must not depend on timing."""
+    before = os.stat(path)
+    with open(path, "r+b") as f:
+        other = bytes(b ^ 0xFF for b in f.read())
+        f.seek(0)
+        f.write(other)
+    while True:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        now = os.stat(path)
+        if now.st_ctime_ns != before.st_ctime_ns:
+            break
+        time.sleep(0.002)
+    assert (now.st_size, now.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_rewrite_in_place_with_mtime_restored_is_reported_changed(tmp_path):
+    p = tmp_path / "f"
+    data = pattern(8 * CHUNK)
+    p.write_bytes(data)
+    with _core.Pipeline(1, CHUNK) as pipe:  # one buffer: the reader stops after chunk 0
+        pipe.submit(7, str(p), size_bytes=len(data), chunk_bytes=CHUNK)
+        assert pipe.wait(10)
+        (chunk0,) = pipe.poll()  # the identity was taken at open, before this first read
+        writer = threading.Thread(target=rewrite_in_place_keeping_mtime, args=(p,))
+        writer.start()
+        writer.join()
+        chunk0.release()
+        events = []
+        while not events or isinstance(events[-1], _core.Chunk):
+            assert pipe.wait(10)
+            for e in pipe.poll():
+                if isinstance(e, _core.Chunk):
+                    e.release()
+                events.append(e)
+    failed = events[-1]
+    assert isinstance(failed, _core.FileFailed)
+    assert failed.kind == "changed" and failed.changed
+    assert failed.reason == "changed while being read (ctime)"
+    assert isinstance(failed.error, FileChangedError)
+    assert not any(isinstance(e, _core.FileDone) for e in events)
+
+
+def test_file_done_reports_the_identity_fstat_saw_before_the_first_read(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(pattern(3 * CHUNK + 1))
+    st = os.stat(p)
+    _, done = run_file(p, st.st_size, CHUNK)
+    assert isinstance(done, _core.FileDone)
+    assert (done.file_size_bytes, done.mtime_ns, done.ctime_ns, done.inode, done.device) == (
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+        st.st_dev,
+    )
 
 
 def test_one_failing_file_does_not_stop_the_others(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pyengine.errors import SourceError
-from pyengine.source import ScanProblem, SourceFile, scan
+from pyengine.source import ScanProblem, SourceFile, restat, scan
 
 ROOT_USER = os.geteuid() == 0
 
@@ -40,7 +40,7 @@ def test_nested_files_come_sorted_with_posix_relative_paths(tmp_path):
     assert files(tmp_path) == ["a/y.dcm", "a/z/0.dcm", "a/z/1.dcm", "b/2.dcm", "c.dcm"]
 
 
-def test_source_file_carries_absolute_path_size_mtime_and_identity(tmp_path):
+def test_source_file_carries_absolute_path_size_mtime_ctime_and_identity(tmp_path):
     path = touch(tmp_path / "d" / "f.dcm", b"12345")
     (entry,) = scan(str(tmp_path))
     st = path.stat()
@@ -53,6 +53,19 @@ def test_source_file_carries_absolute_path_size_mtime_and_identity(tmp_path):
         device=st.st_dev,
         ctime_ns=st.st_ctime_ns,
     )
+
+
+def test_restat_takes_the_file_as_it_is_now_or_says_why_not(tmp_path):
+    path = touch(tmp_path / "f.dcm", b"12345")
+    (entry,) = scan(str(tmp_path))
+    path.write_bytes(b"1234567")
+    st = path.stat()
+    now = restat(entry)
+    assert isinstance(now, SourceFile)
+    assert (now.rel_path, now.size_bytes, now.ctime_ns) == ("f.dcm", 7, st.st_ctime_ns)
+    path.unlink()
+    gone = restat(entry)
+    assert isinstance(gone, ScanProblem) and gone.reason == "no such file or directory"
 
 
 def test_empty_file_is_a_source_file_of_zero_bytes(tmp_path):

@@ -2,6 +2,7 @@
 // Python suite checks the same behaviour against the reference packages; this program exists so
 // the sanitizers see the threads, the pool and the cipher without an interpreter in the way.
 #include <openssl/evp.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cipher.hpp"
@@ -215,6 +217,96 @@ static void test_errors_and_backpressure() {
   unlink(path.c_str());
 }
 
+static int64_t ns_of(const struct timespec& t) {
+  return static_cast<int64_t>(t.tv_sec) * 1000000000LL + t.tv_nsec;
+}
+
+// Rewrites path in place with other bytes of the same length, then restores its mtime, the way
+// archivers and some PACS exports do. Only ctime still shows the write: wait until it moved (the
+// kernel's timestamp clock is coarse, a few ms) so the test cannot pass or fail by timing.
+static void rewrite_in_place_keeping_mtime(const std::string& path, size_t n) {
+  struct stat before;
+  if (stat(path.c_str(), &before) != 0) std::abort();
+  std::vector<uint8_t> other(n, 0xA5);
+  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0 || pwrite(fd, other.data(), n, 0) != static_cast<ssize_t>(n)) std::abort();
+  close(fd);
+  struct stat now;
+  do {
+    const struct timespec times[2] = {before.st_atim, before.st_mtim};
+    if (utimensat(AT_FDCWD, path.c_str(), times, 0) != 0) std::abort();
+    if (stat(path.c_str(), &now) != 0) std::abort();
+    if (ns_of(now.st_ctim) == ns_of(before.st_ctim)) usleep(2000);
+  } while (ns_of(now.st_ctim) == ns_of(before.st_ctim));
+  CHECK(ns_of(now.st_mtim) == ns_of(before.st_mtim) && now.st_size == before.st_size);
+}
+
+static void test_done_reports_identity_seen_at_open() {
+  auto data = pattern(3 * 64 * 1024 + 5);
+  std::string path = write_temp(data);
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) std::abort();
+  Pipeline p(2, 1 << 20, false);
+  SubmitRequest r;
+  r.path = path;
+  r.size_bytes = data.size();
+  r.chunk_bytes = 64 * 1024;
+  p.submit(r);
+  Collected c = drain(p, 1);
+  CHECK(c.failed.empty() && c.done.size() == 1);
+  if (c.done.size() == 1) {
+    const FileIdentity& id = c.done[0].identity;
+    CHECK(id.size_bytes == data.size());
+    CHECK(id.mtime_ns == ns_of(st.st_mtim));
+    CHECK(id.ctime_ns == ns_of(st.st_ctim));
+    CHECK(id.inode == st.st_ino && id.device == st.st_dev);
+  }
+  unlink(path.c_str());
+}
+
+static void test_rewrite_in_place_with_mtime_restored_is_changed() {
+  const size_t chunk = 64 * 1024;
+  auto data = pattern(16 * chunk);
+  std::string path = write_temp(data);
+  // One reader, a pool of two chunks: holding the first chunk stops the reader long before the
+  // end of the file, so the rewrite lands between the first read and the last.
+  Pipeline p(1, 2 * chunk, false);
+  SubmitRequest r;
+  r.file_id = 9;
+  r.path = path;
+  r.size_bytes = data.size();
+  r.chunk_bytes = chunk;
+  p.submit(r);
+  std::vector<ChunkEvent> held;
+  while (held.empty()) {
+    p.wait(5.0);
+    for (Event& e : p.poll(64))
+      if (auto* ch = std::get_if<ChunkEvent>(&e)) held.push_back(std::move(*ch));
+  }
+  std::thread writer([&] { rewrite_in_place_keeping_mtime(path, data.size()); });
+  writer.join();
+  held.clear();
+  std::vector<FileFailedEvent> failed;
+  size_t done = 0;
+  while (failed.empty() && done == 0) {
+    p.wait(5.0);
+    for (Event& e : p.poll(64)) {
+      if (auto* f = std::get_if<FileFailedEvent>(&e)) failed.push_back(*f);
+      if (std::holds_alternative<FileDoneEvent>(e)) ++done;
+    }
+  }
+  CHECK(done == 0);
+  CHECK(failed.size() == 1);
+  if (failed.size() == 1) {
+    CHECK(failed[0].kind == FailureKind::Changed);
+    CHECK(failed[0].file_id == 9);
+    CHECK(failed[0].reason.find("changed while being read") != std::string::npos);
+    CHECK(failed[0].reason.find("ctime") != std::string::npos);
+    CHECK(failed[0].reason.find("mtime") == std::string::npos);  // it was restored
+  }
+  unlink(path.c_str());
+}
+
 int main() {
   test_crc64();
   crc64_force_portable(true);
@@ -223,6 +315,8 @@ int main() {
   test_pipeline_plain();
   test_pipeline_encrypted();
   test_errors_and_backpressure();
+  test_done_reports_identity_seen_at_open();
+  test_rewrite_in_place_with_mtime_restored_is_changed();
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }
