@@ -685,6 +685,7 @@ class Journal:
         block_bytes: int,
         encrypted: bool,
         ctime_ns: int | None = None,
+        force_new: bool = False,
     ) -> FileRecord:
         """The record to upload rel_path with: the journaled one when its identity matches (with
         its upload_id, state and acknowledged blocks), else a new version (new upload_id, state
@@ -693,13 +694,19 @@ class Journal:
         A match with a different blob_name, block_bytes or encryption also starts over: its
         block IDs or payload would not fit the new plan. ``ctime_ns`` is part of the identity
         (None only where the caller has none: it then matches a version journaled without one).
+        ``force_new`` starts a new version whatever the identity says (a file read again after a
+        change: its earlier upload id and content key must not cover the new bytes).
         """
         existing = self.file_record(job_id, rel_path)
-        if existing is not None and (
-            existing.identity == (size_bytes, mtime_ns, ctime_ns, inode, device)
-            and existing.blob_name == blob_name
-            and existing.block_bytes == block_bytes
-            and existing.encrypted == encrypted
+        if (
+            not force_new
+            and existing is not None
+            and (
+                existing.identity == (size_bytes, mtime_ns, ctime_ns, inode, device)
+                and existing.blob_name == blob_name
+                and existing.block_bytes == block_bytes
+                and existing.encrypted == encrypted
+            )
         ):
             return existing
         now_ns = time.time_ns()

@@ -88,6 +88,9 @@ class _FileTask:
     finished: asyncio.Future[None] | None = None
     hash_only: bool = False  # --check=hash: read to compare BLAKE3, send nothing
     changed: bool = False  # the core's failure says the file changed while read: read it again
+    #: an encrypted resume's check pass: compare the resumable blocks, send nothing
+    verify_only: bool = False
+    mismatch: bool = False  # set by the check pass: a resumable block no longer matches
 
 
 class _Job:
@@ -206,7 +209,11 @@ class _Job:
                 self.finish_when_sent(task)
 
     def on_chunk(self, task: _FileTask, chunk: Any) -> None:
-        if task.failure is not None or task.hash_only:
+        if task.verify_only:
+            if chunk.index in task.resumable and not self._matches_journal(task, chunk):
+                task.mismatch = True
+            chunk.release()
+        elif task.failure is not None or task.hash_only:
             chunk.release()
         elif task.single_put:
             task.held = chunk
@@ -478,6 +485,44 @@ class _Job:
             raise SourceError(src.rel_path, task.failure)
         return task.done.blake3
 
+    async def _staged_blocks_still_match(self, task: _FileTask) -> bool:
+        """Before an encrypted file resumes under its journaled content key: are the bytes of
+        every staged block still what was encrypted and sent then?
+
+        Region nonces are the region index, so re-encrypting changed bytes under the same key
+        would use one (key, nonce) pair for two plaintexts. A change normally shows in the
+        file's ctime (a new version, new key), but network file systems can keep attributes
+        stale; this pass re-reads and re-encrypts the staged range once, sending nothing, and
+        any mismatch starts the file over under a new key. Only resumed encrypted files pay it.
+        """
+        check = _FileTask(
+            src=task.src,
+            record=task.record,
+            chunk_bytes=task.chunk_bytes,
+            single_put=False,
+            content_key=task.content_key,
+            encryptiondata=None,
+            resumable=set(task.resumable),
+            verify_only=True,
+        )
+        file_id = next(self._hash_ids)
+        check.finished = asyncio.get_running_loop().create_future()
+        self.tasks[file_id] = check
+        try:
+            length_bytes = min(task.src.size_bytes, (max(task.resumable) + 1) * task.chunk_bytes)
+            self.pipeline.submit(
+                file_id,
+                task.src.path,
+                size_bytes=task.src.size_bytes,
+                chunk_bytes=task.chunk_bytes,
+                length_bytes=length_bytes,
+                content_key=task.content_key,
+            )
+            await check.finished
+        finally:
+            del self.tasks[file_id]
+        return check.failure is None and not check.mismatch
+
     async def resumable_blocks(self, record: FileRecord) -> set[int]:
         """Blocks acknowledged in an earlier run that the service still holds uncommitted."""
         acked = record.acked_blocks or {}
@@ -579,6 +624,7 @@ class _Job:
         fresh = self.journal.begin_file(
             record.job_id,
             now.rel_path,
+            force_new=True,
             size_bytes=now.size_bytes,
             mtime_ns=now.mtime_ns,
             ctime_ns=now.ctime_ns,
@@ -622,6 +668,18 @@ class _Job:
             and (content_key is None or encryptiondata == record.encryptiondata)
         ):
             task.resumable = await self.resumable_blocks(record)
+            staged_changed = (
+                content_key is not None
+                and task.resumable
+                and not await self._staged_blocks_still_match(task)
+            )
+            if staged_changed:
+                log.info(
+                    "%s: an acknowledged block no longer matches its bytes: starting the file "
+                    "over under a new content key",
+                    display_path(src.rel_path),
+                )
+                return True  # read again as a new version: new upload id, new key
         task.finished = asyncio.get_running_loop().create_future()
         self.journal.mark_uploading(record.file_id)
         self.emit(
