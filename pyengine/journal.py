@@ -563,6 +563,11 @@ class Journal:
             if self._writer is not None:
                 return
             self._raise_if_failed()
+            if self._next_file_id >= self._file_id_end:
+                # Reserve the first file-id range now: a reservation is a write on the writer's
+                # connection, and begin_file (on the loop) would otherwise wait for a commit.
+                # The next one comes after FILE_ID_RANGE files.
+                self._next_file_id = self._new_file_id()
             self._writer_stopping = False
             self._writer_running = True
             self._writer = threading.Thread(
