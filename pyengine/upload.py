@@ -664,8 +664,12 @@ class _Job:
                         finally:
                             await listing.aclose()
                     if job_id is None:
-                        job_id = journal.create_job(
-                            self.source, self.dest.redacted(), self._job_options()
+                        # durable at once (one commit): off the loop like every journal write
+                        job_id = await asyncio.to_thread(
+                            journal.create_job,
+                            self.source,
+                            self.dest.redacted(),
+                            self._job_options(),
                         )
                     self.report.job_id = job_id
                     manifest_path = opts.manifest_path or default_manifest_path(
@@ -689,8 +693,12 @@ class _Job:
                         # job stays "running" in the journal, so a re-run resumes it.
                         await self.copy_all()
                         await self.report_deletions()
-                    journal.stop_writer()
-                    journal.finish_job(job_id, "completed" if self.report.ok else "failed")
+                    # the writer's last commit and the job row, off the loop (a listener's
+                    # progress display or a library's other tasks keep running)
+                    await asyncio.to_thread(journal.stop_writer)
+                    await asyncio.to_thread(
+                        journal.finish_job, job_id, "completed" if self.report.ok else "failed"
+                    )
 
     def _job_options(self) -> dict[str, Any]:
         """The options worth keeping with the job: no key, no connection string."""
