@@ -1,4 +1,5 @@
-"""A job runs at most once at a time: an exclusive flock on a lock file beside the journal.
+"""A job runs at most once at a time: an exclusive flock on a lock file beside the journal
+(``jobs.sqlite.job-<digest of source and destination>.lock``).
 
 Why one lock per job, keyed by (source, redacted destination), and not one per journal: the default
 journal (``~/.local/state/pyengine/jobs.sqlite``) is shared by every job of a user and is built for
@@ -37,11 +38,12 @@ PID_WAIT_S = 0.5
 
 
 def job_lock_path(journal_path: str | os.PathLike[str], source: str, dest: str) -> Path:
-    """The lock file of the job copying source to dest (dest redacted): in ``<journal>.locks/``,
-    named by a digest of the pair (paths may be long and carry any character)."""
+    """The lock file of the job copying source to dest (dest redacted), beside the journal:
+    ``<journal>.job-<digest of the pair>.lock`` (paths may be long and carry any character).
+    It exists only while a run holds it (or after a kill -9, until the next run takes it)."""
     key = hashlib.sha256(f"{source}\0{dest}".encode("utf-8", "surrogateescape")).hexdigest()
     journal = Path(journal_path)
-    return journal.with_name(journal.name + ".locks") / f"{key[:32]}.lock"
+    return journal.with_name(f"{journal.name}.job-{key[:32]}.lock")
 
 
 def read_holder_pid(path: str | os.PathLike[str]) -> int | None:
@@ -76,7 +78,8 @@ class JobLock:
         if self._fd is not None:
             raise RuntimeError("JobLock is not reentrant")
         try:
-            # The directory sits beside the journal, which names patient paths: owner only.
+            # the journal's directory (Journal.open makes it the same way): owner only, the
+            # journal names patient paths
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as e:
             raise JournalError(

@@ -35,7 +35,7 @@ with JobLock(sys.argv[1], subject="holder"):
 
 @pytest.fixture
 def holder(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
-    """A helper process holding the lock at tmp_path/jobs.sqlite.locks/<job>.lock."""
+    """A helper process holding the lock of a job beside tmp_path/jobs.sqlite."""
     path = job_lock_path(tmp_path / "jobs.sqlite", "/src", "https://acct/c")
     proc = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, str(path)], stdout=subprocess.PIPE, text=True
@@ -73,7 +73,7 @@ def test_lock_of_a_killed_holder_is_taken_over(holder) -> None:
 
 def test_stale_pid_file_without_a_lock_does_not_block(tmp_path: Path) -> None:
     path = job_lock_path(tmp_path / "jobs.sqlite", "/src", "https://acct/c")
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("1\n")  # pid 1 is alive: a pid check alone would wrongly refuse
     with JobLock(path, subject="x"):
         assert read_holder_pid(path) == os.getpid()
@@ -100,7 +100,7 @@ def test_release_removes_the_lock_file_and_the_job_can_run_again(tmp_path: Path)
 def test_lock_file_sits_beside_the_journal_one_per_source_and_destination(tmp_path: Path) -> None:
     journal = tmp_path / "state" / "jobs.sqlite"
     a = job_lock_path(journal, "/src", "https://acct/c")
-    assert a.parent == tmp_path / "state" / "jobs.sqlite.locks"
+    assert a.parent == tmp_path / "state" and a.name.startswith("jobs.sqlite.job-")
     assert a == job_lock_path(journal, "/src", "https://acct/c")
     assert a != job_lock_path(journal, "/src", "https://acct/c/other-prefix")
     assert a != job_lock_path(journal, "/src2", "https://acct/c")
@@ -184,7 +184,7 @@ def test_second_cli_run_of_a_running_job_exits_2_naming_the_holder_and_copies_no
     lines = Path(summary["manifest_path"]).read_text().splitlines()
     assert sorted(json.loads(ln)["path"] for ln in lines) == sorted(files)
     assert _blobs(azurite, container) == files
-    assert not list(journal.with_name("jobs.sqlite.locks").iterdir())  # released
+    assert not list(tmp_path.glob("jobs.sqlite.job-*.lock"))  # released
 
 
 @pytest.mark.integration
