@@ -63,3 +63,14 @@ class JournalError(PyEngineError):
     """The job store cannot be opened or is inconsistent with the job being run."""
 
     exit_code = 2
+
+
+class JobLockedError(PyEngineError):
+    """The job is already running in another process (its lock is held): the second run must not
+    start, so it is a usage error (exit 2) naming the holder's pid."""
+
+    exit_code = 2
+
+    def __init__(self, subject: str, reason: str, *, holder_pid: int | None = None) -> None:
+        super().__init__(subject, reason)
+        self.holder_pid = holder_pid

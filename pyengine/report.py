@@ -50,6 +50,8 @@ class CopyReport:
     #: run of the job (re-read and re-hashed locally, not sent again)
     blocks_sent: int = 0
     blocks_resumed: int = 0
+    #: exceptions raised by the on_event listener: each logged, none stops the job
+    listener_errors: int = 0
     #: (relative path, one-line reason)
     failures: list[tuple[str, str]] = field(default_factory=list)
     #: destination blobs that no source file claims (reported; deleted only on request)

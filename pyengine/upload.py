@@ -36,7 +36,8 @@ from .crypto import (
 )
 from .deletion import ClaimedNames, refusal
 from .errors import ConfigError, PyEngineError, SourceError
-from .journal import FileRecord, Journal
+from .joblock import JobLock, job_lock_path
+from .journal import FileRecord, Journal, default_journal_path
 from .manifest import ManifestEntry, ManifestWriter, default_manifest_path
 from .options import CopyOptions, MiB
 from .plan import (
@@ -49,6 +50,7 @@ from .plan import (
 )
 from .report import CopyReport, Event
 from .source import PathFilter, ScanProblem, SourceFile, display_path, restat, scan
+from .taskowner import TaskOwner
 
 log = logging.getLogger("pyengine")
 
@@ -85,6 +87,8 @@ class _FileTask:
     held: Any = None  # the single chunk of a Put Blob file, kept until FileDone
     failure: str | None = None
     done: Any = None  # _core.FileDone
+    #: the core is done with the file (FileDone or a failure): `finished` once no upload is left
+    reading_done: bool = False
     finished: asyncio.Future[None] | None = None
     hash_only: bool = False  # --check=hash: read to compare BLAKE3, send nothing
     changed: bool = False  # the core's failure says the file changed while read: read it again
@@ -110,6 +114,8 @@ class _Job:
         self.journal: Journal | None = None
         self.manifest: ManifestWriter | None = None
         self.pipeline: Any = None
+        #: owns every task of the running copy (files, blocks, the journal flusher)
+        self.owner: TaskOwner | None = None
         self.tasks: dict[int, _FileTask] = {}
         self.resumed = False
         #: nothing under the prefix when a new job started: no blob can be up to date, so the
@@ -127,9 +133,26 @@ class _Job:
     def emit(self, kind: str, path: str | None = None, **kw: Any) -> None:
         """Sends an event to the listener, if any. `path` is the raw relative path: shown here
         with undecodable bytes escaped, so every event prints and serialises as JSON."""
-        if self.on_event is not None:
-            shown = display_path(path) if path is not None else None
-            self.on_event(Event(kind=kind, path=shown, **kw))  # type: ignore[arg-type]
+        if self.on_event is None:
+            return
+        shown = display_path(path) if path is not None else None
+        event = Event(kind=kind, path=shown, **kw)  # type: ignore[arg-type]
+        try:
+            self.on_event(event)
+        except Exception:
+            # A listener's bug must not stop the job, nor (raised inside a loop callback) drop
+            # the rest of a completion batch and leave a file unfinished forever. Counted in the
+            # report; logged with its traceback the first time only (a listener failing on every
+            # progress event would otherwise flood the log).
+            self.report.listener_errors += 1
+            first = self.report.listener_errors == 1
+            log.log(
+                logging.WARNING if first else logging.DEBUG,
+                "event listener raised on %s%s (the job goes on; counted in listener_errors)",
+                kind,
+                "" if first else f" (#{self.report.listener_errors})",
+                exc_info=True,
+            )
 
     async def outcome(
         self,
@@ -188,7 +211,18 @@ class _Job:
     # --- the native pipeline ---------------------------------------------------------------
 
     def on_pipeline_ready(self) -> None:
-        """add_reader callback: route completions to their files without blocking the loop."""
+        """add_reader callback: route completions to their files without blocking the loop.
+
+        An exception escaping a reader callback would only be logged by the loop, and the job
+        would wait forever for the completions it dropped: it aborts the job instead."""
+        try:
+            self._route_completions()
+        except Exception as e:
+            if self.owner is None:
+                raise
+            self.owner.fail(e)
+
+    def _route_completions(self) -> None:
         for ev in self.pipeline.poll():
             task = self.tasks.get(ev.file_id)
             if task is None:  # a file abandoned after a failure: drop what is left of it
@@ -224,10 +258,12 @@ class _Job:
             self.report.blocks_resumed += 1
             chunk.release()
             self.emit("progress", path=task.src.rel_path, bytes=chunk.plain_bytes)
+        elif self.owner is None or self.owner.aborting:
+            chunk.release()  # the job is ending: nothing more is sent
         else:
-            t = asyncio.get_running_loop().create_task(self.put_block(task, chunk))
+            t = self.owner.spawn(self.put_block(task, chunk))
             task.uploads.add(t)
-            t.add_done_callback(task.uploads.discard)
+            t.add_done_callback(lambda t, task=task: self._upload_done(task, t))
 
     @staticmethod
     def _matches_journal(task: _FileTask, chunk: Any) -> bool:
@@ -240,6 +276,9 @@ class _Job:
         )
 
     async def put_block(self, task: _FileTask, chunk: Any) -> None:
+        """One Put Block. A refused block fails its file (the job goes on); a journal error
+        escapes to the task owner and aborts the job (an acknowledgement that cannot be
+        recorded must not be followed by a commit)."""
         assert self.store is not None
         with chunk:
             try:
@@ -250,6 +289,15 @@ class _Job:
             except PyEngineError as e:
                 if task.failure is None:
                     task.failure = e.reason
+                return
+            except (OSError, ValueError, RuntimeError) as e:  # as copy_file: this file fails
+                log.debug(
+                    "unexpected error sending a block of %s",
+                    display_path(task.src.rel_path),
+                    exc_info=True,
+                )
+                if task.failure is None:
+                    task.failure = f"unexpected error: {type(e).__name__}: {redact(str(e))}"
                 return
             task.acked.add(chunk.index)
             self.report.blocks_sent += 1
@@ -264,20 +312,20 @@ class _Job:
             self.emit("progress", path=task.src.rel_path, bytes=chunk.plain_bytes)
 
     def finish_when_sent(self, task: _FileTask) -> None:
+        """The core is done with the file: it is finished when its last upload ends (the
+        uploads' done callbacks check again), so no task waits on another."""
+        task.reading_done = True
+        self._finish_if_sent(task)
+
+    def _upload_done(self, task: _FileTask, upload: asyncio.Task[None]) -> None:
+        task.uploads.discard(upload)
+        self._finish_if_sent(task)
+
+    @staticmethod
+    def _finish_if_sent(task: _FileTask) -> None:
         assert task.finished is not None
-        if not task.uploads:  # the common case for small files: no task needed
-            if not task.finished.done():
-                task.finished.set_result(None)
-            return
-
-        async def wait_then_finish() -> None:
-            while task.uploads:
-                await asyncio.gather(*list(task.uploads), return_exceptions=True)
-            assert task.finished is not None
-            if not task.finished.done():
-                task.finished.set_result(None)
-
-        asyncio.get_running_loop().create_task(wait_then_finish())
+        if task.reading_done and not task.uploads and not task.finished.done():
+            task.finished.set_result(None)
 
     # --- one file --------------------------------------------------------------------------
 
@@ -810,6 +858,10 @@ class _Job:
             with contextlib.suppress(queue.Empty):
                 while True:
                     q.get_nowait()
+            # A cancellation during `await to_thread(q.get)` leaves that worker thread waiting on
+            # a producer that has stopped: hand it the end mark so it returns.
+            with contextlib.suppress(queue.Full):
+                q.put_nowait(end)
 
     async def run(self) -> CopyReport:
         try:
@@ -825,6 +877,25 @@ class _Job:
         if not os.path.exists(self.source):  # the job cannot start: a usage error (exit 2)
             raise ConfigError(self.source, "no such file or directory")
         credential = resolve_credential(self.dest, opts.connection_string)
+        # A job runs at most once at a time: a second run fails here, before it touches the
+        # destination or the journal (see joblock.py for why the lock is per job).
+        lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if not opts.dry_run:
+            journal_path = opts.journal_path or default_journal_path()
+            lock = JobLock(
+                job_lock_path(journal_path, self.source, self.dest.redacted()),
+                subject=f"{display_path(self.source)} -> {self.dest.redacted()}",
+            )
+        with lock:
+            await self._run_locked(credential)
+        self.report.elapsed_s = time.monotonic() - start
+        self.report.dry_run = opts.dry_run
+        self.emit("job_finished", extra=self.report.to_json())
+        return self.report
+
+    async def _run_locked(self, credential: Any) -> None:
+        """The job, under its lock: the store, the journal, the manifest."""
+        opts = self.options
         async with BlobStore(
             self.dest, credential, retry=opts.retry, max_connections=opts.max_concurrency
         ) as store:
@@ -847,8 +918,12 @@ class _Job:
                         finally:
                             await listing.aclose()
                     if job_id is None:
-                        job_id = journal.create_job(
-                            self.source, self.dest.redacted(), self._job_options()
+                        # durable at once (one commit): off the loop like every journal write
+                        job_id = await asyncio.to_thread(
+                            journal.create_job,
+                            self.source,
+                            self.dest.redacted(),
+                            self._job_options(),
                         )
                     self.report.job_id = job_id
                     manifest_path = opts.manifest_path or default_manifest_path(
@@ -863,15 +938,21 @@ class _Job:
                             "manifest": str(manifest_path),
                         },
                     )
+                    # Group commits run in the journal's writer thread from here on: the loop
+                    # never waits for an fsync while blocks are in flight.
+                    journal.start_writer()
                     async with ManifestWriter(manifest_path, redact=redact) as manifest:
                         self.manifest = manifest
+                        # A journal failure raises out of copy_all: no deletion runs, and the
+                        # job stays "running" in the journal, so a re-run resumes it.
                         await self.copy_all()
                         await self.report_deletions()
-                    journal.finish_job(job_id, "completed" if self.report.ok else "failed")
-        self.report.elapsed_s = time.monotonic() - start
-        self.report.dry_run = opts.dry_run
-        self.emit("job_finished", extra=self.report.to_json())
-        return self.report
+                    # the writer's last commit and the job row, off the loop (a listener's
+                    # progress display or a library's other tasks keep running)
+                    await asyncio.to_thread(journal.stop_writer)
+                    await asyncio.to_thread(
+                        journal.finish_job, job_id, "completed" if self.report.ok else "failed"
+                    )
 
     def check_same_encryption(self, job: Any) -> None:
         """A resumed job keeps the encryption it started with: one job never mixes modes or
@@ -911,13 +992,16 @@ class _Job:
         }
 
     async def copy_all(self) -> None:
+        """Scan, copy every file, and make the journal durable. Every task it starts (files,
+        blocks, the periodic journal flush) is owned by one TaskOwner: the first failure
+        (a JournalError, a bug) cancels the others and is raised here; a cancellation of the
+        job cancels the blocks in flight; nothing of the copy runs after this returns."""
         opts = self.options
         loop = asyncio.get_running_loop()
         # Files in flight: enough to keep the request window full with small files; large files
         # are bounded by the native memory cap (readers wait for buffers).
         window = asyncio.Semaphore(max(8, opts.max_concurrency * 2))
-        running: set[asyncio.Task[None]] = set()
-        flusher = loop.create_task(self._flush_journal_periodically())
+        files: set[asyncio.Task[None]] = set()
 
         async def one(src: SourceFile) -> None:
             try:
@@ -929,27 +1013,43 @@ class _Job:
             self.pipeline = pipeline
             loop.add_reader(pipeline.fileno(), self.on_pipeline_ready)
             try:
-                async for batch in self.scan_batches(self.source):
-                    self.claim_names(batch)
-                    for item in batch:
-                        if isinstance(item, ScanProblem):
-                            await self.scan_problem(item)
-                            continue
-                        await window.acquire()
-                        t = loop.create_task(one(item))
-                        running.add(t)
-                        t.add_done_callback(running.discard)
-                if running:
-                    await asyncio.gather(*running)
+                # The owner is left (its tasks all ended) before the pipeline closes: no upload
+                # holds a pooled buffer of a closed pipeline.
+                async with TaskOwner() as owner:
+                    self.owner = owner
+                    flusher = None
+                    if self.journal is not None:
+                        flusher = owner.spawn(
+                            self._flush_journal_periodically(), name="pyengine-journal-flush"
+                        )
+                    batches = self.scan_batches(self.source)
+                    async with contextlib.aclosing(batches):
+                        async for batch in batches:
+                            self.claim_names(batch)
+                            for item in batch:
+                                if isinstance(item, ScanProblem):
+                                    await self.scan_problem(item)
+                                    continue
+                                await window.acquire()
+                                t = owner.spawn(one(item))
+                                files.add(t)
+                                t.add_done_callback(files.discard)
+                    while files:
+                        # a failed file task aborts the job through the owner, not through here
+                        await asyncio.wait(set(files))
+                    if flusher is not None:
+                        flusher.cancel()
+                    if self.journal is not None:
+                        # every ack and state of the run durable before deletions are decided;
+                        # a journal that cannot be written fails the job here
+                        await self.journal.aflush()
             finally:
-                for t in running:
-                    t.cancel()
+                self.owner = None
                 loop.remove_reader(pipeline.fileno())
-                flusher.cancel()
-                if self.journal is not None:
-                    self.journal.flush()
 
     async def _flush_journal_periodically(self) -> None:
+        """Group commits at least every JOURNAL_FLUSH_S; a failure ends this task, and the task
+        owner fails the job with it."""
         while self.journal is not None:
             await asyncio.sleep(JOURNAL_FLUSH_S)
             await self.journal.aflush()

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -150,6 +151,119 @@ def test_aflush_commits_from_a_worker_thread(db_path: Path) -> None:
             assert rows_seen_by_other_connection(db_path, count_sql) == 1
 
     asyncio.run(run())
+
+
+def _slow_writes(monkeypatch: pytest.MonkeyPatch, delay_s: float) -> list[str]:
+    """Every group commit takes delay_s more (a busy disk's fsync); returns the names of the
+    threads that committed."""
+    real_write = Journal._write
+    threads: list[str] = []
+
+    def slow(self: Journal, ops: list) -> None:
+        threads.append(threading.current_thread().name)
+        time.sleep(delay_s)
+        real_write(self, ops)
+
+    monkeypatch.setattr(Journal, "_write", slow)
+    return threads
+
+
+def test_writer_thread_commits_a_due_batch_while_the_caller_goes_on(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Journal.open(db_path, batch_max_ops=3) as j:
+        job_id = j.create_job("/pacs", DEST, {})
+        committed_by = _slow_writes(monkeypatch, 0.3)
+        j.start_writer()
+        started = time.monotonic()
+        rec = begin(j, job_id, "f.dcm")
+        ack(j, rec.file_id, 0)
+        ack(j, rec.file_id, 1)  # the batch is due: the writer commits it, not this call
+        assert time.monotonic() - started < 0.15
+        asyncio.run(j.aflush())
+        assert rows_seen_by_other_connection(db_path, "SELECT count(*) FROM blocks") == 2
+        j.stop_writer()
+    assert committed_by and set(committed_by) == {"pyengine-journal-writer"}
+    assert not [t for t in threading.enumerate() if t.name == "pyengine-journal-writer"]
+
+
+def test_a_read_never_waits_for_a_commit_in_flight(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Journal.open(db_path, batch_max_ops=2) as j:
+        job_id = j.create_job("/pacs", DEST, {})
+        _slow_writes(monkeypatch, 0.5)
+        j.start_writer()
+        rec = begin(j, job_id, "a.dcm")
+        ack(j, rec.file_id, 0)  # due: a 0.5 s commit starts in the writer
+        time.sleep(0.05)
+        started = time.monotonic()
+        assert j.file_record(job_id, "other.dcm") is None  # the loop's lookup of a new file
+        assert time.monotonic() - started < 0.2
+        j.stop_writer()
+
+
+def test_a_read_of_a_path_being_committed_waits_for_its_commit(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Journal.open(db_path, batch_max_ops=2) as j:
+        job_id = j.create_job("/pacs", DEST, {})
+        _slow_writes(monkeypatch, 0.3)
+        j.start_writer()
+        rec = begin(j, job_id, "a.dcm")
+        ack(j, rec.file_id, 0)  # due: the batch holding a.dcm's row is being written
+        time.sleep(0.05)
+        again = j.file_record(job_id, "a.dcm")
+        assert again is not None and again.file_id == rec.file_id
+        assert set(again.acked_blocks or {}) == {0}
+        j.stop_writer()
+
+
+def test_a_failed_commit_stops_every_later_write(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Journal.open(db_path) as j:
+        job_id = j.create_job("/pacs", DEST, {})
+        rec = begin(j, job_id, "f.dcm")
+        real_write = Journal._write
+
+        def disk_full(self: Journal, ops: list) -> None:
+            raise JournalError(self.path, "cannot write journal: database or disk is full")
+
+        monkeypatch.setattr(Journal, "_write", disk_full)
+        with pytest.raises(JournalError, match="disk is full"):
+            j.flush()
+        monkeypatch.setattr(Journal, "_write", real_write)  # the disk has room again...
+        # ...but the lost batch held f.dcm's row: nothing may be written after it
+        with pytest.raises(JournalError, match="disk is full"):
+            ack(j, rec.file_id, 0)
+        with pytest.raises(JournalError, match="disk is full"):
+            j.mark_committing(rec.file_id)
+        with pytest.raises(JournalError, match="disk is full"):
+            asyncio.run(j.aflush())
+        assert j.file_record(job_id, "f.dcm") is None  # reads still answer
+    with Journal.open(db_path) as j:  # reopened: usable, the job resumes from what was written
+        assert j.find_unfinished_job("/pacs", DEST) == job_id
+
+
+def test_a_commit_failing_in_the_writer_thread_reaches_aflush_and_stop_writer(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Journal.open(db_path) as j:
+        job_id = j.create_job("/pacs", DEST, {})
+        rec = begin(j, job_id, "f.dcm")
+
+        def io_error(self: Journal, ops: list) -> None:
+            raise JournalError(self.path, "cannot write journal: disk I/O error")
+
+        monkeypatch.setattr(Journal, "_write", io_error)
+        j.start_writer()
+        with pytest.raises(JournalError, match="disk I/O error"):
+            asyncio.run(j.aflush())
+        with pytest.raises(JournalError, match="disk I/O error"):
+            ack(j, rec.file_id, 0)
+        with pytest.raises(JournalError, match="disk I/O error"):
+            j.stop_writer()
 
 
 def test_identity_change_starts_over_with_new_upload_id_and_no_blocks(db_path: Path) -> None:
