@@ -25,12 +25,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -40,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _core
+from .dicom_tree import make_tree
 from .errors import ConfigError, IntegrityError, PyEngineError
 
 MiB = 1024 * 1024
@@ -532,24 +531,6 @@ class UploadResult:
         return out
 
 
-def load_make_tree() -> Callable[[str, int, int], Any]:
-    """scripts/make_dicom_tree.py's make_tree, imported by path (scripts/ is not a package)."""
-    script = Path(__file__).resolve().parent.parent / "scripts" / "make_dicom_tree.py"
-    if not script.is_file():
-        raise ConfigError(str(script), "missing: the DICOM-like mix needs the source tree")
-    spec = importlib.util.spec_from_file_location("pyengine_make_dicom_tree", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses resolve string annotations through sys.modules: register before executing
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    except ImportError as e:  # pydicom is a test extra
-        del sys.modules[spec.name]
-        raise ConfigError(str(script), f"cannot import: {e}") from None
-    return module.make_tree
-
-
 async def _counted(sink: Any) -> Any:
     return await sink.acounted() if sink is not None else None
 
@@ -641,7 +622,6 @@ async def run_upload(
         raise ConfigError(
             "--dest", "needs --connection-string (or AZURE_STORAGE_CONNECTION_STRING)"
         )
-    make_tree = load_make_tree() if dicom_bytes > 0 else None
     threads = threads or os.cpu_count() or 2
     with contextlib.ExitStack() as stack:
         tmp = Path(
@@ -663,7 +643,7 @@ async def run_upload(
         dicom_root = tmp / "dicom"
         dicom_paths: list[Path] = []
         dicom_payload_bytes = 0
-        if make_tree is not None:
+        if dicom_bytes > 0:
             make_tree(str(dicom_root), dicom_bytes, 1)
             dicom_paths, dicom_payload_bytes = _tree_totals(dicom_root)
             for path in dicom_paths:

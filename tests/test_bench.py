@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
-from pyengine import bench
+from pyengine import bench, dicom_tree
 
 MiB = 1024 * 1024
 
@@ -120,3 +121,21 @@ def test_bench_size_argument_reads_binary_multiples(text: str, size_bytes: int) 
 def test_bench_size_argument_refuses_garbage() -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         bench.parse_size("lots")
+
+
+def test_dicom_generator_ships_in_the_package_and_writes_a_tree(tmp_path) -> None:
+    # the package's own generator: an installed wheel has no scripts/
+    totals = dicom_tree.make_tree(str(tmp_path), 1_000_000, seed=2)
+    files = sorted(p for p in tmp_path.rglob("*.dcm"))
+    assert len(files) == totals.files >= 1
+    assert sum(p.stat().st_size for p in files) == totals.size_bytes >= 1_000_000
+    # PatientID/StudyUID/SeriesUID/SOPUID.dcm, each a Part-10 file ("DICM" after the preamble)
+    assert all(len(p.relative_to(tmp_path).parts) == 4 for p in files)
+    assert all(p.read_bytes()[128:132] == b"DICM" for p in files)
+
+
+def test_bench_does_not_reach_outside_the_package_for_the_dicom_generator() -> None:
+    # `pip install .` copies only pyengine/: the bench must not load files by a repository path
+    source = Path(bench.__file__).read_text()
+    assert "scripts" not in source
+    assert bench.make_tree is dicom_tree.make_tree
