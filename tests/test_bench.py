@@ -39,8 +39,11 @@ def test_bench_native_json_gives_positive_figures_and_sane_ratio(
     assert run["bytes"] == 64 * MiB
     assert run["combined_gbps"] > 0
     assert run["limit_gbps"] > 0
-    # one thread cannot beat the sum of its stages by much (timer noise, cache effects)
-    assert 0 < run["ratio"] < 1.5
+    # wall-clock ratio: only its sign is checked. At a load average of 8 on 2 shared cores, a
+    # stage timed while another job ran made the limit small and the ratio over 1.5 (failed twice
+    # in four suite runs); the CPU-time ratio below is the check that one thread cannot beat the
+    # sum of its stages
+    assert run["ratio"] > 0
     assert set(run["stage_gbps"]) == {"read", "xxh3", "crc64", "blake3", "aes_gcm"}
     assert all(gbps > 0 for gbps in run["stage_gbps"].values())
     # the pipeline cannot use less CPU per byte than its stages alone, beyond timer noise
