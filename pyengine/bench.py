@@ -6,10 +6,10 @@ Two measurements, each a sub-command of ``pyengine bench``:
   thread, the read stage alone, then the whole pipeline (read, xxh3-128, CRC64, BLAKE3, AES-GCM)
   for 1..N threads, compared with the ideal ``min(threads, cores) / Σ stage seconds per byte``.
 - ``upload``: what a copy achieves end to end against a discard sink (nginx, see
-  :mod:`pyengine.sink`), side by side with the azure-storage-blob SDK (:mod:`pyengine.bench_peer`)
-  in the same process: one large file, many 256 KiB files, a DICOM-like tree. Every one of our
-  runs is checked against the bytes the sink read, and the process's peak RSS is tracked against
-  the memory cap.
+  :mod:`pyengine.sink`), side by side with the azure-storage-blob SDK (:mod:`pyengine.bench_peer`):
+  one large file, many 256 KiB files, a DICOM-like tree (:mod:`pyengine.dicom_tree`). Each of our
+  runs is a fresh process (``python -m pyengine.bench --copy-child``), checked against the bytes
+  the sink read; its own peak RSS (VmHWM) is held against the memory cap.
 
 GB/s is decimal gigaBYTES per second everywhere (1.25 GB/s = a 10 Gbit/s line). Both commands
 exit 0 when a target is missed (a benchmark measures, it does not judge) and 2 when they cannot
@@ -25,14 +25,12 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import os
 import resource
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _core
+from .dicom_tree import make_tree
 from .errors import ConfigError, IntegrityError, PyEngineError
 
 MiB = 1024 * 1024
@@ -66,7 +65,8 @@ TARGET_SMALL_VS_SDK = 6.0
 #: allowance above the pool's memory cap for the interpreter, libraries and request state
 RSS_ALLOWANCE_MIB = 64
 SMALL_FILE_BYTES = 256 * 1024
-RSS_SAMPLE_S = 0.05
+#: ``python -m pyengine.bench COPY_CHILD_ARG``: one of our runs, in its own process
+COPY_CHILD_ARG = "--copy-child"
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,45 +375,13 @@ def bench_file(path: str | None, size_bytes: int, workdir: str | None) -> Iterat
 # Upload
 
 
-class RssSampler:
-    """Peak VmRSS of this process while running: a thread samples /proc/self/status every 50 ms
-    (getrusage's maxrss is a high-water mark since process start, so it cannot be reset
-    between runs; it is still read at stop() in case a spike fell between two samples)."""
-
-    def __init__(self, interval_s: float = RSS_SAMPLE_S) -> None:
-        self.interval_s = interval_s
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @staticmethod
-    def current_bytes() -> int:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self.current_bytes())
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> RssSampler:
-        self._maxrss_before_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="pyengine-rss", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join()
-        self.peak_bytes = max(self.peak_bytes, self.current_bytes())
-        maxrss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        if maxrss_bytes > self._maxrss_before_bytes:  # a new high-water mark during this run
-            self.peak_bytes = max(self.peak_bytes, maxrss_bytes)
+def proc_status_bytes(key: bytes, status_path: str = "/proc/self/status") -> int:
+    """A ``kB`` line of /proc/PID/status (``VmRSS``, ``VmHWM``) in bytes; 0 when absent."""
+    with open(status_path, "rb") as f:
+        for line in f:
+            if line.startswith(key + b":"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 @dataclass
@@ -429,11 +397,14 @@ class OurRun:
     #: body bytes the sink read during the run (None: not our sink, nothing to check)
     sink_body_bytes: int | None
     verified: bool
+    #: peak RSS (VmHWM) of the process that ran the copy, imports included
     peak_rss_mib: float
-    #: CPU seconds (user + system) this process used during the run: every thread, native too
+    #: CPU seconds (user + system) the copying process used during the run: every thread
     cpu_s: float = 0.0
     #: CPU seconds nginx used during the run (0 when not our sink)
     sink_cpu_s: float = 0.0
+    #: RSS of the copying process when its copy began (interpreter, libraries)
+    rss_before_mib: float = 0.0
 
     @property
     def cpu_bound_gbps(self) -> float:
@@ -442,11 +413,6 @@ class OurRun:
         The shared machine's wall time is noisy; CPU seconds per byte are much less so."""
         cpu_s = self.cpu_s + self.sink_cpu_s
         return (os.cpu_count() or 1) * self.bytes / cpu_s / GB if cpu_s > 0 else 0.0
-
-
-def _process_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
@@ -463,7 +429,7 @@ class UploadResult:
     dicom_gbps: float
     dicom_files_per_s: float
     peak_rss_mib: float
-    #: RSS of the process right before our first run (interpreter, libraries, bench files)
+    #: RSS of the copying process right before its copy began (interpreter and libraries)
     baseline_rss_mib: float
     sink_bytes_verified: bool
     runs: list[OurRun] = field(default_factory=list)
@@ -532,55 +498,52 @@ class UploadResult:
         return out
 
 
-def load_make_tree() -> Callable[[str, int, int], Any]:
-    """scripts/make_dicom_tree.py's make_tree, imported by path (scripts/ is not a package)."""
-    script = Path(__file__).resolve().parent.parent / "scripts" / "make_dicom_tree.py"
-    if not script.is_file():
-        raise ConfigError(str(script), "missing: the DICOM-like mix needs the source tree")
-    spec = importlib.util.spec_from_file_location("pyengine_make_dicom_tree", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses resolve string annotations through sys.modules: register before executing
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    except ImportError as e:  # pydicom is a test extra
-        del sys.modules[spec.name]
-        raise ConfigError(str(script), f"cannot import: {e}") from None
-    return module.make_tree
-
-
 async def _counted(sink: Any) -> Any:
     return await sink.acounted() if sink is not None else None
 
 
 async def _our_copy(
     name: str,
-    source: Path,
-    dest: str,
-    options: Any,
+    spec: dict[str, Any],
     *,
     files: int,
     payload_bytes: int,
     sink: Any,
 ) -> OurRun:
-    """One timed pyengine.copy, checked against its report and against the sink's count."""
-    from .upload import copy
+    """One timed pyengine.copy in a fresh process, checked against its report and the sink.
 
+    A fresh process, because the bound (peak RSS ≤ cap + 64 MiB) is about the process that
+    copies: in the bench's own process the heap the file generators and earlier runs left behind
+    (measured: +9 MiB after writing the bench files, +115 MiB retained after a 2 GiB run with a
+    512 MiB pool) counted against the next run, and 2 GiB at the 512 MiB cap peaked at 582 MiB.
+    """
     before = await _counted(sink)
     sink_cpu_before_s = sink.cpu_seconds() if sink is not None else 0.0
-    with RssSampler() as rss:
-        cpu_before_s = _process_cpu_s()
-        start_s = time.perf_counter()
-        report = await copy(source, dest, options)
-        seconds = time.perf_counter() - start_s
-        cpu_s = _process_cpu_s() - cpu_before_s
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pyengine.bench",
+        COPY_CHILD_ARG,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    # the spec holds the connection string and the KEK: a pipe, never argv (ps shows argv)
+    out, err = await child.communicate(json.dumps(spec).encode())
     sink_cpu_s = sink.cpu_seconds() - sink_cpu_before_s if sink is not None else 0.0
-    if report.files_failed or report.files_copied != files:
-        reason = report.failures[0][1] if report.failures else "not every file was copied"
+    lines = out.decode().strip().splitlines()
+    if child.returncode != 0 or not lines:
+        text = err.decode(errors="replace").strip().splitlines()
+        raise PyEngineError(name, f"copy process failed: {text[-1] if text else child.returncode}")
+    result = json.loads(lines[-1])
+    if "error" in result:
+        raise PyEngineError(name, result["error"])
+    if result["files_failed"] or result["files_copied"] != files:
+        reason = result["failure"] or "not every file was copied"
         raise IntegrityError(
             name,
-            f"copied {report.files_copied}/{files} files, {report.files_failed} failed: {reason}",
+            f"copied {result['files_copied']}/{files} files, {result['files_failed']} failed:"
+            f" {reason}",
         )
     sink_body_bytes = None
     verified = False
@@ -588,6 +551,7 @@ async def _our_copy(
         delta = (await _counted(sink)) - before
         sink_body_bytes = delta.body_bytes
         verified = delta.body_bytes >= payload_bytes and delta.failed_requests == 0
+    seconds = result["seconds"]
     return OurRun(
         name=name,
         files=files,
@@ -597,10 +561,47 @@ async def _our_copy(
         files_per_s=files / seconds,
         sink_body_bytes=sink_body_bytes,
         verified=verified,
-        peak_rss_mib=rss.peak_bytes / MiB,
-        cpu_s=cpu_s,
+        peak_rss_mib=result["peak_rss_bytes"] / MiB,
+        cpu_s=result["cpu_s"],
         sink_cpu_s=sink_cpu_s,
+        rss_before_mib=result["rss_before_bytes"] / MiB,
     )
+
+
+def _copy_child() -> int:
+    """The copying process of one run: reads its spec (JSON) on stdin, runs pyengine.copy,
+    prints one JSON line: seconds, CPU seconds, its own VmHWM (exact, no sampling), the report.
+    Imports only what a copy needs: its RSS is what an operator's copy would have."""
+    from .crypto import LocalKeyWrapper
+    from .options import CopyOptions
+    from .upload import copy
+
+    spec = json.loads(sys.stdin.read())
+    kek_hex = spec.pop("kek_hex")
+    source, dest = spec.pop("source"), spec.pop("dest")
+    options = CopyOptions(**spec, kek=LocalKeyWrapper(bytes.fromhex(kek_hex)) if kek_hex else None)
+    rss_before_bytes = proc_status_bytes(b"VmRSS")
+    usage_before = resource.getrusage(resource.RUSAGE_SELF)
+    start_s = time.perf_counter()
+    try:
+        report = asyncio.run(copy(source, dest, options))
+    except PyEngineError as e:
+        print(json.dumps({"error": e.one_line()}))
+        return 0
+    seconds = time.perf_counter() - start_s
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
+    result = {
+        "seconds": seconds,
+        "cpu_s": cpu_s,
+        "peak_rss_bytes": proc_status_bytes(b"VmHWM"),
+        "rss_before_bytes": rss_before_bytes,
+        "files_copied": report.files_copied,
+        "files_failed": report.files_failed,
+        "failure": report.failures[0][1] if report.failures else None,
+    }
+    print(json.dumps(result))
+    return 0
 
 
 def _tree_totals(root: Path) -> tuple[list[Path], int]:
@@ -623,14 +624,12 @@ async def run_upload(
     sdk: bool = True,
     on_progress: Callable[[str], None] | None = None,
 ) -> UploadResult:
-    """The whole ``bench upload`` in this process; see the module docstring.
+    """The whole ``bench upload`` (our copies in child processes); see the module docstring.
 
     ``dest`` None starts a DiscardSink (and then every run is checked against it); otherwise
     ``connection_string`` must name the destination's credentials. ``sdk`` False skips the
     peer runs (their figures are then 0).
     """
-    from .crypto import LocalKeyWrapper
-    from .options import CopyOptions
     from .sink import DiscardSink
 
     def say(text: str) -> None:
@@ -641,7 +640,6 @@ async def run_upload(
         raise ConfigError(
             "--dest", "needs --connection-string (or AZURE_STORAGE_CONNECTION_STRING)"
         )
-    make_tree = load_make_tree() if dicom_bytes > 0 else None
     threads = threads or os.cpu_count() or 2
     with contextlib.ExitStack() as stack:
         tmp = Path(
@@ -663,39 +661,38 @@ async def run_upload(
         dicom_root = tmp / "dicom"
         dicom_paths: list[Path] = []
         dicom_payload_bytes = 0
-        if make_tree is not None:
+        if dicom_bytes > 0:
             make_tree(str(dicom_root), dicom_bytes, 1)
             dicom_paths, dicom_payload_bytes = _tree_totals(dicom_root)
             for path in dicom_paths:
                 cache_file(path)
 
         # A fresh random key-encryption key: the bench keeps nothing it uploads.
-        kek = LocalKeyWrapper(os.urandom(32)) if encrypt else None
+        kek_key = os.urandom(32) if encrypt else None
 
-        def options(job: str) -> CopyOptions:
-            return CopyOptions(
-                threads=threads,
-                memory_cap_bytes=memory_cap_bytes,
-                max_concurrency=max_concurrency,
-                encrypt=encrypt,
-                kek=kek,
-                check="none",  # a bench re-sends everything: no HEAD per file
-                journal_path=str(tmp / f"journal-{job}.sqlite"),
-                connection_string=connection_string,
-                create_container=True,
-            )
+        def options(job: str, source: Path, dest_url: str) -> dict[str, Any]:
+            """A CopyOptions, as the copying process's spec (see _copy_child)."""
+            return {
+                "source": str(source),
+                "dest": dest_url,
+                "threads": threads,
+                "memory_cap_bytes": memory_cap_bytes,
+                "max_concurrency": max_concurrency,
+                "encrypt": encrypt,
+                "kek_hex": kek_key.hex() if kek_key is not None else None,
+                "check": "none",  # a bench re-sends everything: no HEAD per file
+                "journal_path": str(tmp / f"journal-{job}.sqlite"),
+                "connection_string": connection_string,
+                "create_container": True,
+            }
 
-        baseline_rss_mib = RssSampler.current_bytes() / MiB
         runs: list[OurRun] = []
-        # Our runs first, then the SDK's: the peer's buffers (it reads blocks into bytes objects)
-        # would otherwise stay in the allocator and count in our RSS.
+        # Our runs first, then the SDK's (in this process): the page cache is as warm for ours.
         say("pyengine: large file")
         runs.append(
             await _our_copy(
                 "large",
-                large,
-                f"{dest}/ours/large",
-                options("large"),
+                options("large", large, f"{dest}/ours/large"),
                 files=1,
                 payload_bytes=large_bytes,
                 sink=sink,
@@ -705,9 +702,7 @@ async def run_upload(
         runs.append(
             await _our_copy(
                 "small",
-                small_root,
-                f"{dest}/ours/small",
-                options("small"),
+                options("small", small_root, f"{dest}/ours/small"),
                 files=small_files,
                 payload_bytes=small_files * SMALL_FILE_BYTES,
                 sink=sink,
@@ -718,9 +713,7 @@ async def run_upload(
             runs.append(
                 await _our_copy(
                     "dicom",
-                    dicom_root,
-                    f"{dest}/ours/dicom",
-                    options("dicom"),
+                    options("dicom", dicom_root, f"{dest}/ours/dicom"),
                     files=len(dicom_paths),
                     payload_bytes=dicom_payload_bytes,
                     sink=sink,
@@ -760,7 +753,7 @@ async def run_upload(
         dicom_gbps=dicom.gbps if dicom else 0.0,
         dicom_files_per_s=dicom.files_per_s if dicom else 0.0,
         peak_rss_mib=max(run.peak_rss_mib for run in runs),
-        baseline_rss_mib=baseline_rss_mib,
+        baseline_rss_mib=runs[0].rss_before_mib,
         sink_bytes_verified=sink is not None and all(run.verified for run in runs),
         runs=runs,
         sdk=sdk_info,
@@ -1062,7 +1055,7 @@ def print_upload(result: UploadResult, console: Any) -> None:
     for name, measured, met in result.targets():
         targets.add_row(name, measured, "[green]PASS[/]" if met else "[red]MISS[/]")
     console.print(targets)
-    console.print(f"RSS before our runs: {result.baseline_rss_mib:.0f} MiB")
+    console.print(f"RSS of the copying process before its copy: {result.baseline_rss_mib:.0f} MiB")
     for run in result.runs:
         files_per_s = run.cpu_bound_gbps * GB / run.bytes * run.files
         console.print(
@@ -1070,3 +1063,7 @@ def print_upload(result: UploadResult, console: Any) -> None:
             f" sink had the {os.cpu_count()} cores to themselves (CPU-bound estimate: wall time"
             " on a shared machine is noisy)"
         )
+
+
+if __name__ == "__main__" and sys.argv[1:] == [COPY_CHILD_ARG]:
+    sys.exit(_copy_child())

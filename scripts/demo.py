@@ -1,7 +1,7 @@
 """`make demo`: a bulk copy of a generated DICOM tree into a local Azurite, then proof.
 
 1. starts Azurite (npm) on a free loopback port;
-2. writes a DICOM-like tree with pydicom (patients / studies / series, a few hundred MB);
+2. writes a DICOM-like tree (pyengine.dicom_tree) (patients / studies / series, a few hundred MB);
 3. runs `pyengine copy --encrypt` into it, with its progress bar;
 4. downloads every blob with the official azure-storage-blob client (client-side encryption v2),
    decrypts it and compares its BLAKE3 with the source file's; prints a verdict; stops Azurite.
@@ -11,7 +11,6 @@ Environment: PYENGINE_DEMO_MB (tree size, default 300), PYENGINE_DEMO_DIR (work 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -28,22 +27,12 @@ from pyengine.crypto import (
     content_key_from_metadata,
     keyed_digest_hex,
 )
+from pyengine.dicom_tree import make_tree
 from pyengine.emulator import Azurite
 
 REPO = Path(__file__).resolve().parent.parent
 CONTAINER = "pacs-archive"
 PREFIX = "site-a/2026"
-
-
-def load_tree_maker():
-    spec = importlib.util.spec_from_file_location(
-        "make_dicom_tree", REPO / "scripts" / "make_dicom_tree.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module.make_tree
 
 
 def file_blake3(path: Path) -> bytes:
@@ -59,7 +48,7 @@ def main() -> int:
 
     print(f"== generating a DICOM tree of ~{total_mb} MB in {src}")
     t0 = time.monotonic()
-    totals = load_tree_maker()(src, total_mb * 1_000_000, 1)
+    totals = make_tree(str(src), total_mb * 1_000_000, 1)
     print(
         f"   {totals.files} files, {totals.size_bytes / 1e6:.0f} MB, {totals.patients} patients, "
         f"{totals.studies} studies, {totals.series} series ({time.monotonic() - t0:.1f} s)"

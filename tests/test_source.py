@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pyengine.dicom_tree import make_tree
 from pyengine.errors import SourceError
 from pyengine.source import ScanProblem, SourceFile, restat, scan
 
@@ -294,21 +294,9 @@ def test_scan_memory_does_not_grow_with_the_tree(tmp_path):
 # --- the DICOM demo tree -----------------------------------------------------------------------
 
 
-def load_make_dicom_tree():
-    """The script as a module (scripts/ is not a package)."""
-    if "make_dicom_tree" in sys.modules:
-        return sys.modules["make_dicom_tree"]
-    script = Path(__file__).resolve().parents[1] / "scripts" / "make_dicom_tree.py"
-    spec = importlib.util.spec_from_file_location("make_dicom_tree", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_dicom_tree_holds_valid_part10_files_in_patient_study_series_layout(tmp_path):
     pydicom = pytest.importorskip("pydicom")
-    totals = load_make_dicom_tree().make_tree(str(tmp_path), 5_000_000, seed=7)
+    totals = make_tree(str(tmp_path), 5_000_000, seed=7)
     entries = list(scan(str(tmp_path)))
     assert all(isinstance(e, SourceFile) for e in entries)
     assert len(entries) == totals.files >= 2
@@ -323,7 +311,6 @@ def test_dicom_tree_holds_valid_part10_files_in_patient_study_series_layout(tmp_
 
 
 def test_dicom_tree_is_deterministic_for_a_seed(tmp_path):
-    make_tree = load_make_dicom_tree().make_tree
     make_tree(str(tmp_path / "one"), 3_000_000, seed=3)
     make_tree(str(tmp_path / "two"), 3_000_000, seed=3)
     one = [(e.rel_path, Path(e.path).read_bytes()) for e in scan(str(tmp_path / "one"))]
