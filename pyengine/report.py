@@ -49,6 +49,15 @@ class CopyReport:
     #: run of the job (re-read and re-hashed locally, not sent again)
     blocks_sent: int = 0
     blocks_resumed: int = 0
+    #: requests tried again (throttling, server errors, transport faults, stalls)
+    retries: int = 0
+    #: seconds requests spent backing off after 429/503 (summed over requests: many wait at once)
+    throttled_s: float = 0.0
+    #: tries aborted because they made no progress (see RetryPolicy.stall_timeout_s)
+    stalls: int = 0
+    #: lowest and highest adaptive concurrency limit reached (requests in flight at once)
+    concurrency_min: int = 0
+    concurrency_max: int = 0
     #: (relative path, one-line reason)
     failures: list[tuple[str, str]] = field(default_factory=list)
     #: destination blobs whose source file no longer exists (reported, deleted only on request)

@@ -575,7 +575,12 @@ class _Job:
             raise ConfigError(self.source, "no such file or directory")
         credential = resolve_credential(self.dest, opts.connection_string)
         async with BlobStore(
-            self.dest, credential, retry=opts.retry, max_connections=opts.max_concurrency
+            self.dest,
+            credential,
+            retry=opts.retry,
+            max_connections=opts.max_concurrency,
+            max_requests_per_s=opts.max_requests_per_s,
+            cap_bytes_per_s=opts.cap_mbps * 1e6 / 8 if opts.cap_mbps else None,
         ) as store:
             self.store = store
             await store.ensure_container(create=opts.create_container and not opts.dry_run)
@@ -614,6 +619,10 @@ class _Job:
                         await self.copy_all()
                         await self.report_deletions()
                     journal.finish_job(job_id, "completed" if self.report.ok else "failed")
+            stats = store.stats
+            r = self.report
+            r.retries, r.throttled_s, r.stalls = stats.retries, stats.throttled_s, stats.stalls
+            r.concurrency_min, r.concurrency_max = stats.concurrency_min, stats.concurrency_max
         self.report.elapsed_s = time.monotonic() - start
         self.report.dry_run = opts.dry_run
         self.emit("job_finished", extra=self.report.to_json())

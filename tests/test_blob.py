@@ -39,7 +39,7 @@ from pyengine.blob import (
 from pyengine.errors import AuthError, ConfigError, DestinationError
 from pyengine.options import RetryPolicy
 
-FAST_RETRY = RetryPolicy(max_tries=4, base_delay_s=0.001, max_delay_s=1.0, budget_s=5.0)
+FAST_RETRY = RetryPolicy(max_tries=4, base_delay_s=0.001, max_delay_s=1.0, max_elapsed_s=5.0)
 SAS_SECRET = "sig=AbCdSeCrEt%2B%2F%3D"
 
 
