@@ -319,11 +319,15 @@ class Pacer:
         Raises the last exception of ``fn`` unchanged; ``what`` names the request in the log.
         """
         p = self.policy
-        start = self._clock()
+        start: float | None = None
         attempt = 0
         while True:
             attempt += 1
             generation = await self.limit.acquire()
+            if start is None:
+                # from the first try, not from the queue for a slot: at concurrency 1 behind
+                # thousands of queued requests the wait says nothing about this request
+                start = self._clock()
             try:
                 if self.request_rate is not None:
                     await self.request_rate.take(1)
