@@ -316,8 +316,7 @@ class BlobStats:
     bytes_sent: int = 0
     #: requests tried again (mirrors the pacer, as do the fields below)
     retries: int = 0
-    #: seconds spent backing off after 429/503 (summed over requests, so it can exceed the
-    #: job's wall time when many requests wait at once)
+    #: wall-clock seconds during which requests were backing off after 429/503
     throttled_s: float = 0.0
     #: tries aborted by the stall watch
     stalls: int = 0

@@ -31,9 +31,11 @@ class RetryPolicy:
     #: optional try limit on top of the time bound (None: time alone decides)
     max_tries: int | None = None
     base_delay_s: float = 0.25
-    #: longest single wait; also caps a server's Retry-After. 15 s keeps a job from idling long
-    #: after a storm ends (full jitter makes the mean wait half of it)
-    max_delay_s: float = 15.0
+    #: longest single wait; also caps a server's Retry-After. Short (rclone's azureblob pacer
+    #: caps at 2 s) so a job does not idle long after a storm ends: a 15 s cap left a 30 s storm
+    #: costing 41 s. Sending less while throttled is the adaptive limit's job, and at
+    #: concurrency 1 a throttled answer holds back every request (one probe per wait).
+    max_delay_s: float = 5.0
     #: a try that makes no progress (no body byte taken, no response byte) this long is aborted
     #: and retried: one stalled response held a 1 s job for 60 s
     stall_timeout_s: float = 30.0

@@ -291,8 +291,13 @@ class Pacer:
         self.retries = 0
         #: seconds spent waiting between tries (all calls together)
         self.waited_s = 0.0
-        #: of which after 429/503: the service throttling us
+        #: wall-clock seconds during which at least one request was backing off after a
+        #: 429/503 (a union of intervals, so it compares with the job's elapsed time)
         self.throttled_s = 0.0
+        self._throttled_now = 0
+        self._throttled_since = 0.0
+        #: no try starts before this time (clock): set by a throttled answer at concurrency 1
+        self._not_before = 0.0
         #: tries aborted by the stall watch
         self.stalls = 0
 
@@ -323,7 +328,7 @@ class Pacer:
         attempt = 0
         while True:
             attempt += 1
-            generation = await self.limit.acquire()
+            generation = await self._acquire()
             if start is None:
                 # from the first try, not from the queue for a slot: at concurrency 1 behind
                 # thousands of queued requests the wait says nothing about this request
@@ -351,8 +356,14 @@ class Pacer:
                 self.retries += 1
                 self.waited_s += delay
                 if isinstance(exc, RetryableHTTPError) and exc.status in THROTTLE_STATUS:
-                    self.throttled_s += delay
-                await self._sleep(delay)
+                    if self.limit.current == 1:
+                        # Already down to one request at a time and still throttled: answers
+                        # come back at once, so one slot still sends tens of requests a second
+                        # (959 tries in a 30 s storm); now nobody sends until this wait is over.
+                        self._not_before = max(self._not_before, self._clock() + delay)
+                    await self._throttled_sleep(delay)
+                else:
+                    await self._sleep(delay)
             except BaseException:
                 self.limit.release()
                 raise
@@ -360,6 +371,29 @@ class Pacer:
                 self.limit.release()
                 self.limit.on_success()
                 return result
+
+    async def _acquire(self) -> int:
+        """A concurrency slot, once the throttling gate (if any) is open."""
+        while True:
+            wait_s = self._not_before - self._clock()
+            if wait_s > 0:
+                await self._throttled_sleep(wait_s)
+                continue
+            generation = await self.limit.acquire()
+            if self._clock() >= self._not_before:
+                return generation
+            self.limit.release()  # the gate closed while we queued for the slot
+
+    async def _throttled_sleep(self, delay_s: float) -> None:
+        if self._throttled_now == 0:
+            self._throttled_since = self._clock()
+        self._throttled_now += 1
+        try:
+            await self._sleep(delay_s)
+        finally:
+            self._throttled_now -= 1
+            if self._throttled_now == 0:
+                self.throttled_s += self._clock() - self._throttled_since
 
 
 def _brief(exc: BaseException) -> str:

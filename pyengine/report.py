@@ -51,7 +51,7 @@ class CopyReport:
     blocks_resumed: int = 0
     #: requests tried again (throttling, server errors, transport faults, stalls)
     retries: int = 0
-    #: seconds requests spent backing off after 429/503 (summed over requests: many wait at once)
+    #: wall-clock seconds during which requests were backing off after 429/503 (throttling)
     throttled_s: float = 0.0
     #: tries aborted because they made no progress (see RetryPolicy.stall_timeout_s)
     stalls: int = 0

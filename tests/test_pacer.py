@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import aiohttp
 import pytest
@@ -174,7 +175,7 @@ def test_elapsed_window_stops_retrying_before_it_is_overspent() -> None:
 
 def test_retries_are_bounded_by_elapsed_time_not_by_a_small_try_count() -> None:
     # a 5-minute storm of 503s: ~40 tries at the 15 s ceiling; the default policy rides it out
-    pacer, sleep = make(rng=0.5)
+    pacer, sleep = make(rng=1.0)
     fn = Script(*[http(503, **{"x-ms-retry-after-ms": "1000"})] * 40)
     assert run(pacer, fn) == "ok"
     assert fn.calls == 41
@@ -384,3 +385,55 @@ def test_a_stalled_try_is_retried_by_the_pacer() -> None:
     assert asyncio.run(pacer.call(request, what="t")) == "ok"
     assert tries == 2 and pacer.stalls == 1
     assert pacer.limit.current < pacer.limit.max_limit  # a timeout counts as a slowdown
+
+
+def test_throttled_time_is_wall_clock_time_not_a_sum_over_requests() -> None:
+    """8 requests throttled at once, each told to wait 0.1 s: the job was throttled ~0.1 s."""
+    policy = RetryPolicy(base_delay_s=0.001, max_delay_s=1.0)
+    pacer = Pacer(policy, max_concurrency=8, rng=lambda: 0.0)
+
+    def request() -> Any:
+        script = Script(http(503, **{"x-ms-retry-after-ms": "100"}))
+
+        async def fn() -> str:
+            await asyncio.sleep(0.01)  # all 8 in flight together: one cut, to 4
+            return await script()
+
+        return fn
+
+    async def go() -> None:
+        await asyncio.gather(*(pacer.call(request(), what="t") for _ in range(8)))
+
+    asyncio.run(go())
+    assert pacer.retries == 8
+    assert 0.1 <= pacer.throttled_s < 0.3
+
+
+def test_at_concurrency_one_a_throttled_answer_holds_back_every_request() -> None:
+    """Down to one slot and still throttled: a 503 shuts the gate for its wait, so the other
+    requests do not hammer the service with tries that come back at once."""
+    sent: list[tuple[str, float]] = []
+    t0 = 0.0
+
+    def request(name: str, failures: int) -> Script:
+        script = Script(*[http(503, **{"x-ms-retry-after-ms": "200"})] * failures)
+
+        async def fn() -> str:
+            sent.append((name, asyncio.get_running_loop().time() - t0))
+            return await script()
+
+        return fn  # type: ignore[return-value]
+
+    async def go() -> None:
+        nonlocal t0
+        t0 = asyncio.get_running_loop().time()
+        pacer = Pacer(RetryPolicy(base_delay_s=0.001), max_concurrency=1, rng=lambda: 0.0)
+        first = asyncio.create_task(pacer.call(request("a", 2), what="a"))
+        await asyncio.sleep(0.05)
+        await asyncio.gather(first, *(pacer.call(request(n, 0), what=n) for n in "bcd"))
+
+    asyncio.run(go())
+    # a: 503 at 0; b, c, d (arriving at 0.05) wait for the gate, not just for the slot
+    assert sent[0][0] == "a"
+    assert all(t >= 0.19 for n, t in sent if n != "a")
+    assert sorted(n for n, _ in sent) == ["a", "a", "a", "b", "c", "d"]
