@@ -35,7 +35,7 @@ from yarl import URL
 
 from .errors import AuthError, ConfigError, ContainerNotFoundError, DestinationError
 from .options import RetryPolicy
-from .pacer import RETRY_EXCEPTIONS, Pacer, RetryableHTTPError
+from .pacer import RETRY_EXCEPTIONS, Pacer, RetryableHTTPError, StallWatch, TokenBucket
 
 log = logging.getLogger("pyengine")
 
@@ -314,8 +314,15 @@ class BlobStats:
     requests: int = 0
     #: request body bytes sent (every try counts)
     bytes_sent: int = 0
-    #: requests tried again (mirrors the pacer)
+    #: requests tried again (mirrors the pacer, as do the fields below)
     retries: int = 0
+    #: wall-clock seconds during which requests were backing off after 429/503
+    throttled_s: float = 0.0
+    #: tries aborted by the stall watch
+    stalls: int = 0
+    #: lowest and highest adaptive concurrency limit reached
+    concurrency_min: int = 0
+    concurrency_max: int = 0
 
 
 class _BufferPayload(Payload):
@@ -330,12 +337,19 @@ class _BufferPayload(Payload):
     _HEAD_BYTES = 16 * 1024
     _SLICE_BYTES = 256 * 1024
 
-    def __init__(self, value: bytes | memoryview) -> None:
+    def __init__(
+        self,
+        value: bytes | memoryview,
+        watch: StallWatch | None = None,
+        bandwidth: TokenBucket | None = None,
+    ) -> None:
         view = value if isinstance(value, memoryview) else memoryview(value)
         if view.ndim != 1 or view.itemsize != 1:
             view = view.cast("B")
         super().__init__(view, content_type="application/octet-stream")
         self._size = view.nbytes
+        self._watch = watch
+        self._bandwidth = bandwidth
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         return bytes(self._value).decode(encoding, errors)
@@ -348,13 +362,26 @@ class _BufferPayload(Payload):
         if content_length is not None:
             view = view[:content_length]
         head = self._HEAD_BYTES
-        await writer.write(view[:head])
+        await self._send(writer, view[:head])
         # Slices, so the writer drains between them: what the kernel does not take at once is
         # copied by asyncio's transport into its own buffer, and a whole 8 MiB block handed over
         # in one write was ~40% of the loop's CPU on a large file (py-spy, bench upload).
         step = self._SLICE_BYTES
         for start in range(head, view.nbytes, step):
-            await writer.write(view[start : start + step])
+            await self._send(writer, view[start : start + step])
+
+    async def _send(self, writer: Any, piece: memoryview) -> None:
+        watch = self._watch
+        if self._bandwidth is not None:
+            # Waiting on the cap is not a stall: the watch is paused meanwhile.
+            if watch is not None:
+                watch.pause()
+            await self._bandwidth.take(piece.nbytes)
+            if watch is not None:
+                watch.touch()
+        await writer.write(piece)  # returns once the transport has taken it (drained)
+        if watch is not None:
+            watch.touch()
 
 
 def crc64_header(crc64: int) -> str:
@@ -397,7 +424,10 @@ class _TokenCache:
 
 class BlobStore:
     """Async context manager holding one aiohttp session (pool of ``max_connections``) and one
-    pacer. Takes ownership of ``credential`` (closes token credentials on exit)."""
+    pacer shared by all its requests: retries, the adaptive concurrency limit (at most
+    ``max_connections`` in flight), and the optional caps ``max_requests_per_s`` and
+    ``cap_bytes_per_s`` (request body bytes, every try counting). Takes ownership of
+    ``credential`` (closes token credentials on exit)."""
 
     def __init__(
         self,
@@ -406,10 +436,18 @@ class BlobStore:
         *,
         retry: RetryPolicy,
         max_connections: int = 64,
+        max_requests_per_s: float | None = None,
+        cap_bytes_per_s: float | None = None,
     ) -> None:
         self.dest = dest
-        self.pacer = Pacer(retry)
+        self.pacer = Pacer(
+            retry,
+            max_concurrency=max_connections,
+            max_requests_per_s=max_requests_per_s,
+            cap_bytes_per_s=cap_bytes_per_s,
+        )
         self.stats = BlobStats()
+        self._sync_stats()
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._sas: str | None = None
@@ -437,9 +475,9 @@ class BlobStore:
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
             connector=connector,
-            # sock_read covers the wait for the response after the body is sent; Azure answers
-            # a Put Block within seconds, so 120 s means the connection is dead.
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120),
+            # No sock_read: the pacer's stall watch aborts a try that makes no progress, and
+            # aiohttp's read timer would also run while a capped body is still being sent.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=None),
             auto_decompress=False,
             skip_auto_headers=("Content-Type",),
         )
@@ -503,16 +541,26 @@ class BlobStore:
                 )
             elif self._token is not None:
                 hdrs["authorization"] = await self._token.header()
-            data = None if body is None else _BufferPayload(body)
             self.stats.requests += 1
             self.stats.bytes_sent += size_bytes
-            async with self._session.request(method, url, headers=hdrs, data=data) as resp:
-                content = await resp.read()
-                if resp.status in ok or resp.status in tolerate:
-                    return resp.status, resp.headers, content
-                code, message = _xml_error(content)
-                code = resp.headers.get("x-ms-error-code") or code or ""
-                raise RetryableHTTPError(resp.status, resp.headers, f"{code} {message}".strip())
+            async with self.pacer.stall_watch() as watch:
+                data = (
+                    None
+                    if body is None
+                    else _BufferPayload(body, watch=watch, bandwidth=self.pacer.bandwidth)
+                )
+                async with self._session.request(method, url, headers=hdrs, data=data) as resp:
+                    watch.touch()
+                    parts = []
+                    async for piece in resp.content.iter_any():
+                        watch.touch()
+                        parts.append(piece)
+                    content = b"".join(parts)
+            if resp.status in ok or resp.status in tolerate:
+                return resp.status, resp.headers, content
+            code, message = _xml_error(content)
+            code = resp.headers.get("x-ms-error-code") or code or ""
+            raise RetryableHTTPError(resp.status, resp.headers, f"{code} {message}".strip())
 
         try:
             return await self.pacer.call(attempt, what=what)
@@ -531,7 +579,15 @@ class BlobStore:
                 "$AZURE_STORAGE_KEY, or sign in for azure-identity (az login, managed identity)",
             ) from None
         finally:
-            self.stats.retries = self.pacer.retries
+            self._sync_stats()
+
+    def _sync_stats(self) -> None:
+        pacer = self.pacer
+        self.stats.retries = pacer.retries
+        self.stats.throttled_s = pacer.throttled_s
+        self.stats.stalls = pacer.stalls
+        self.stats.concurrency_min = pacer.limit.lowest
+        self.stats.concurrency_max = pacer.limit.highest
 
     def _map_error(self, exc: RetryableHTTPError, subject: str, what: str) -> Exception:
         code = exc.headers.get("x-ms-error-code") or exc.message.split(" ", 1)[0]
@@ -540,7 +596,7 @@ class BlobStore:
                 subject,
                 f"authentication failed ({exc.status} {code}): check the account key / SAS",
             )
-        tail = "" if not exc.retryable else f" (after {self.pacer.policy.max_tries} tries)"
+        tail = "" if not exc.retryable else f" (after {exc.tries} tries in {exc.elapsed_s:.0f} s)"
         return DestinationError(subject, redact(f"{what}: HTTP {exc.status} {exc.message}{tail}"))
 
     # ---- control plane ------------------------------------------------------------------

@@ -28,7 +28,7 @@ from rich.text import Text
 from . import __version__
 from .deletion import DeleteLimit, parse_max_delete
 from .errors import ConfigError, PyEngineError
-from .options import TIERS, CopyOptions, MiB
+from .options import TIERS, CopyOptions, MiB, RetryPolicy
 from .report import CopyReport, Event
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -59,6 +59,16 @@ def _max_delete(text: str) -> DeleteLimit:
         return parse_max_delete(text)
     except ConfigError as e:
         raise argparse.ArgumentTypeError(e.reason) from None
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
 
 
 def _tag(text: str) -> tuple[str, str]:
@@ -166,6 +176,36 @@ def _add_copy_flags(p: argparse.ArgumentParser) -> None:
         help="HTTP requests in flight (default: %(default)s)",
     )
     p.add_argument("--direct-io", action="store_true", help="read with O_DIRECT (bypass the cache)")
+    r = RetryPolicy()
+    p.add_argument(
+        "--cap-mbps",
+        type=_positive,
+        default=None,
+        metavar="MBPS",
+        help="cap on upload bandwidth in megabits per second (default: none)",
+    )
+    p.add_argument(
+        "--max-requests-per-s",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="cap on requests started per second, retries included (default: none)",
+    )
+    p.add_argument(
+        "--retry-window",
+        type=_positive,
+        default=r.max_elapsed_s,
+        metavar="SECONDS",
+        help="keep retrying a throttled or failing request this long before its file fails "
+        "(default: %(default)g)",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=_positive,
+        default=r.stall_timeout_s,
+        metavar="SECONDS",
+        help="abort and retry a request that makes no progress this long (default: %(default)g)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,11 +290,22 @@ def _options_from(args: argparse.Namespace) -> CopyOptions:
         max_delete=args.max_delete or DeleteLimit(),
         old_keks=tuple(load_kek_file(path) for path in args.old_kek_file),
         direct_io=args.direct_io,
+        retry=RetryPolicy(max_elapsed_s=args.retry_window, stall_timeout_s=args.stall_timeout),
+        max_requests_per_s=args.max_requests_per_s,
+        cap_mbps=args.cap_mbps,
     )
 
 
 class _Presenter:
-    """Turns events into a rich progress bar (or JSON lines) and the final summary."""
+    """Turns events into a rich progress bar (or JSON lines) and the final summary.
+
+    Totals count each source file once, whatever its events: a file may end (failed, skipped,
+    or copied by an earlier run) with or without a ``file_started``, and with fewer or more
+    ``progress`` bytes than its size. So progress is kept per file in flight, capped at its
+    size, and a file's end brings its count to exactly its size. (Counting ``file_failed`` on
+    top of ``file_started`` showed "192.4/219.4 MB ... 208/228 files" for a 125 MB, 208-file
+    tree where 20 files failed after retries.)
+    """
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
@@ -263,6 +314,9 @@ class _Presenter:
         self.files_done = 0
         self.files_known = 0
         self.bytes_known = 0
+        self.bytes_done = 0
+        #: files started and not ended: path -> (size_bytes, bytes shown done)
+        self._open: dict[str | None, tuple[int, int]] = {}
 
     def __enter__(self) -> _Presenter:
         return self
@@ -294,22 +348,12 @@ class _Presenter:
             return
         self._start()
         assert self.progress is not None
-        if ev.kind == "file_started":
-            self.files_known += 1
-            self.bytes_known += ev.bytes
-        elif ev.kind in ("file_skipped", "file_copied", "file_failed", "file_planned"):
-            if ev.kind != "file_copied":
-                self.files_known += 1  # never announced by file_started
-                self.bytes_known += ev.bytes
-                self.progress.advance(self.bytes_task, ev.bytes)
-            self.files_done += 1
-            if ev.kind == "file_failed":
-                # Text, not markup: a file name such as "scan[red].dcm" must print verbatim
-                self.progress.console.print(
-                    Text.assemble(("error:", "red"), f" {ev.path}: {ev.reason}")
-                )
-        elif ev.kind == "progress":
-            self.progress.advance(self.bytes_task, ev.bytes)
+        self._count(ev)
+        if ev.kind == "file_failed":
+            # Text, not markup: a file name such as "scan[red].dcm" must print verbatim
+            self.progress.console.print(
+                Text.assemble(("error:", "red"), f" {ev.path}: {ev.reason}")
+            )
         if ev.kind == "file_planned":
             self.progress.console.print(Text(f"plan: {ev.path} -> {ev.blob}"))
         elif ev.kind == "deleted_at_source":
@@ -323,8 +367,33 @@ class _Presenter:
         self.progress.update(
             self.bytes_task,
             total=self.bytes_known,
+            completed=self.bytes_done,
             files=f"{self.files_done}/{self.files_known} files",
         )
+
+    def _count(self, ev: Event) -> None:
+        if ev.kind == "file_started":
+            if ev.path not in self._open:  # a file started again is still one file
+                self._open[ev.path] = (ev.bytes, 0)
+                self.files_known += 1
+                self.bytes_known += ev.bytes
+        elif ev.kind == "progress":
+            if ev.path in self._open:
+                size_bytes, done_bytes = self._open[ev.path]
+                # resent bytes (a retried request, a restarted file) are not new bytes
+                step = min(ev.bytes, size_bytes - done_bytes)
+                self._open[ev.path] = (size_bytes, done_bytes + step)
+                self.bytes_done += step
+        elif ev.kind in ("file_skipped", "file_copied", "file_failed", "file_planned"):
+            opened = self._open.pop(ev.path, None)
+            if opened is None:  # ended without file_started: not counted yet
+                self.files_known += 1
+                self.bytes_known += ev.bytes
+                self.bytes_done += ev.bytes
+            else:
+                size_bytes, done_bytes = opened
+                self.bytes_done += size_bytes - done_bytes
+            self.files_done += 1
 
     def summary(self, report: CopyReport) -> None:
         if self.as_json:
@@ -343,7 +412,9 @@ class _Presenter:
                 f"job {report.job_id}: copied {report.files_copied} files "
                 f"({_human(report.bytes_copied)}), skipped {report.files_skipped} "
                 f"({_human(report.bytes_skipped)}), failed {report.files_failed}, "
-                f"in {report.elapsed_s:.1f} s ({rate:.0f} MB/s)"
+                f"in {report.elapsed_s:.1f} s ({rate:.0f} MB/s); {report.retries} retries, "
+                f"throttled {report.throttled_s:.1f} s, "
+                f"concurrency {report.concurrency_min}-{report.concurrency_max}"
             ]
             if report.files_resent_for_encryption:
                 lines.append(

@@ -20,13 +20,27 @@ TIERS = ("Hot", "Cool", "Cold", "Archive")
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Back-off for every request path (one policy object, see pyengine.pacer)."""
+    """Back-off for every request path (one policy object, see pyengine.pacer).
 
-    max_tries: int = 8
+    Retries are bounded by elapsed time, not by a try count: Azure answers 503/429 for minutes
+    when an account or partition is over its targets, and a migration must slow down through
+    that, not fail (a 30 s storm failed 20 of 208 files with the old 8-try limit).
+    """
+
+    #: a request (all its tries and waits) gives up once this long has passed since its first
+    #: try; 15 min outlasts the throttling episodes Azure documents ("minutes at a time")
+    max_elapsed_s: float = 900.0
+    #: optional try limit on top of the time bound (None: time alone decides)
+    max_tries: int | None = None
     base_delay_s: float = 0.25
-    max_delay_s: float = 30.0
-    #: total seconds a single request may spend waiting between tries
-    budget_s: float = 300.0
+    #: longest single wait; also caps a server's Retry-After. Short (rclone's azureblob pacer
+    #: caps at 2 s) so a job does not idle long after a storm ends: a 15 s cap left a 30 s storm
+    #: costing 41 s. Sending less while throttled is the adaptive limit's job, and at
+    #: concurrency 1 a throttled answer holds back every request (one probe per wait).
+    max_delay_s: float = 5.0
+    #: a try that makes no progress (no body byte taken, no response byte) this long is aborted
+    #: and retried: one stalled response held a 1 s job for 60 s
+    stall_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -69,3 +83,8 @@ class CopyOptions:
     #: bypass the page cache (O_DIRECT) for reads that are not encrypted
     direct_io: bool = False
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: cap on requests started per second, every try counting (None: no cap)
+    max_requests_per_s: float | None = None
+    #: cap on request body bytes sent, in megabits per second like AzCopy's --cap-mbps (None: no
+    #: cap); leaves the rest of a shared link to live traffic
+    cap_mbps: float | None = None

@@ -52,6 +52,15 @@ class CopyReport:
     blocks_resumed: int = 0
     #: exceptions raised by the on_event listener: each logged, none stops the job
     listener_errors: int = 0
+    #: requests tried again (throttling, server errors, transport faults, stalls)
+    retries: int = 0
+    #: wall-clock seconds during which requests were backing off after 429/503 (throttling)
+    throttled_s: float = 0.0
+    #: tries aborted because they made no progress (see RetryPolicy.stall_timeout_s)
+    stalls: int = 0
+    #: lowest and highest adaptive concurrency limit reached (requests in flight at once)
+    concurrency_min: int = 0
+    concurrency_max: int = 0
     #: (relative path, one-line reason)
     failures: list[tuple[str, str]] = field(default_factory=list)
     #: destination blobs that no source file claims (reported; deleted only on request)

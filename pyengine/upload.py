@@ -897,7 +897,12 @@ class _Job:
         """The job, under its lock: the store, the journal, the manifest."""
         opts = self.options
         async with BlobStore(
-            self.dest, credential, retry=opts.retry, max_connections=opts.max_concurrency
+            self.dest,
+            credential,
+            retry=opts.retry,
+            max_connections=opts.max_concurrency,
+            max_requests_per_s=opts.max_requests_per_s,
+            cap_bytes_per_s=opts.cap_mbps * 1e6 / 8 if opts.cap_mbps else None,
         ) as store:
             self.store = store
             await store.ensure_container(create=opts.create_container and not opts.dry_run)
@@ -953,6 +958,10 @@ class _Job:
                     await asyncio.to_thread(
                         journal.finish_job, job_id, "completed" if self.report.ok else "failed"
                     )
+            stats = store.stats
+            r = self.report
+            r.retries, r.throttled_s, r.stalls = stats.retries, stats.throttled_s, stats.stalls
+            r.concurrency_min, r.concurrency_max = stats.concurrency_min, stats.concurrency_max
 
     def check_same_encryption(self, job: Any) -> None:
         """A resumed job keeps the encryption it started with: one job never mixes modes or

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from faultproxy import FaultProxy
 
 from pyengine.crypto import LocalKeyWrapper
 from pyengine.emulator import DEV_ACCOUNT_KEY, DEV_ACCOUNT_NAME, Azurite
@@ -67,3 +68,12 @@ def sdk_blob(azurite: Azurite):
         )
 
     return make
+
+
+@pytest.fixture
+def fault_proxy(azurite: Azurite) -> Iterator[FaultProxy]:
+    """A fault-injection reverse proxy in front of the session's Azurite (tests/faultproxy.py);
+    ``fault_proxy.url(container)`` routes a container URL through it, the test sets its rules."""
+    origin = azurite.account_url.rsplit("/", 1)[0]
+    with FaultProxy(origin) as proxy:
+        yield proxy

@@ -39,7 +39,7 @@ from pyengine.blob import (
 from pyengine.errors import AuthError, ConfigError, DestinationError
 from pyengine.options import RetryPolicy
 
-FAST_RETRY = RetryPolicy(max_tries=4, base_delay_s=0.001, max_delay_s=1.0, budget_s=5.0)
+FAST_RETRY = RetryPolicy(max_tries=4, base_delay_s=0.001, max_delay_s=1.0, max_elapsed_s=5.0)
 SAS_SECRET = "sig=AbCdSeCrEt%2B%2F%3D"
 
 
@@ -394,6 +394,8 @@ class Scripted:
             (request.method, request.path_qs, dict(request.headers), body, time.monotonic())
         )
         status, headers = self.answers.pop(0) if self.answers else (201, {})
+        if "delay-s" in headers:  # a stalled answer: nothing at all for that long
+            await asyncio.sleep(float(headers.pop("delay-s")))
         if status >= 400:
             headers = {"x-ms-error-code": "ServerBusy", **headers}
         return web.Response(status=status, headers={"ETag": '"0x1"', **headers})
@@ -464,9 +466,67 @@ def test_retries_exhausted_is_a_destination_error_naming_the_status() -> None:
             async with BlobStore(dest, SasCredential("sig=abc"), retry=FAST_RETRY) as store:
                 await store.put_blob("x", b"abc", crc64=0, metadata={})
 
-    with pytest.raises(DestinationError, match=r"HTTP 503 ServerBusy.*after 4 tries") as info:
+    with pytest.raises(DestinationError, match=r"HTTP 503 ServerBusy.*after 4 tries in") as info:
         run(go)
     assert "abc" not in str(info.value).split("/c01/")[0]
+
+
+def test_container_check_rides_out_a_long_503_storm_with_the_default_policy() -> None:
+    """20 answers of 503 (more than any small try count) with a short x-ms-retry-after-ms: the
+    default policy keeps going, bounded by time only, and counts the waits as throttled."""
+    policy = RetryPolicy(base_delay_s=0.001, max_delay_s=0.02)
+    assert policy.max_tries is None and policy.max_elapsed_s >= 900
+
+    async def go() -> tuple[Scripted, BlobStore]:
+        storm = [(503, {"x-ms-retry-after-ms": "10"})] * 20
+        async with Scripted([*storm, (200, {})]) as srv:
+            dest = parse_destination(srv.url + "?sig=abc")
+            async with BlobStore(dest, SasCredential("sig=abc"), retry=policy) as store:
+                await store.ensure_container(create=False)
+        return srv, store
+
+    srv, store = run(go)
+    assert len(srv.requests) == 21
+    assert store.stats.retries == 20
+    assert store.stats.throttled_s >= 20 * 0.010
+    assert store.stats.concurrency_min < store.stats.concurrency_max
+
+
+def test_a_stalled_answer_is_abandoned_and_the_request_sent_again() -> None:
+    policy = RetryPolicy(base_delay_s=0.001, stall_timeout_s=0.3)
+
+    async def go() -> tuple[Scripted, BlobStore, float]:
+        async with Scripted([(201, {"delay-s": "10"})]) as srv:
+            dest = parse_destination(srv.url + "?sig=abc")
+            async with BlobStore(dest, SasCredential("sig=abc"), retry=policy) as store:
+                t0 = time.monotonic()
+                await store.put_blob("x", b"abc", crc64=crc64(b"abc"), metadata={})
+                return srv, store, time.monotonic() - t0
+
+    srv, store, took_s = run(go)
+    assert took_s < 2.0  # not the 10 s the first answer took
+    assert len(srv.requests) == 2
+    assert store.stats.stalls == 1 and store.stats.retries == 1
+
+
+def test_a_capped_body_slower_than_the_stall_timeout_is_not_a_stall() -> None:
+    # 600 kB at 1 MB/s takes ~0.6 s, twice the stall timeout: waiting on the cap is progress
+    policy = RetryPolicy(base_delay_s=0.001, stall_timeout_s=0.3)
+    data = payload(600_000)
+
+    async def go() -> tuple[Scripted, BlobStore, float]:
+        async with Scripted([]) as srv:
+            dest = parse_destination(srv.url + "?sig=abc")
+            cred = SasCredential("sig=abc")
+            async with BlobStore(dest, cred, retry=policy, cap_bytes_per_s=1e6) as store:
+                t0 = time.monotonic()
+                await store.put_block("x", block_id(0), data, crc64=crc64(data))
+                return srv, store, time.monotonic() - t0
+
+    srv, store, took_s = run(go)
+    assert 0.5 < took_s < 1.0
+    assert store.stats.stalls == 0 and len(srv.requests) == 1
+    assert srv.requests[0][3] == data
 
 
 def test_bearer_token_is_sent_and_refreshed_before_expiry() -> None:
