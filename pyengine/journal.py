@@ -839,10 +839,12 @@ class Journal:
 
     # --- read-only queries for verify -------------------------------------------------------
 
-    def iter_committed_by_blob(self, job_ids: Iterable[str]) -> Iterator[FileRecord]:
+    def iter_committed_by_blob(
+        self, job_ids: Iterable[str], *, name_prefix: str = ""
+    ) -> Iterator[FileRecord]:
         """The latest committed version of every blob name among ``job_ids`` (the newest job
-        wins), in blob-name order: SQLite's BINARY collation on UTF-8, i.e. code-point order,
-        the order of Python's str comparison.
+        wins) that starts with ``name_prefix``, in blob-name order: SQLite's BINARY collation on
+        UTF-8, i.e. code-point order, the order of Python's str comparison.
 
         One read cursor, paged with fetchmany: nothing per blob stays in memory here (SQLite's
         sorter spills to a temp file for a large journal). Records carry acked_blocks=None.
@@ -855,12 +857,13 @@ class Journal:
         sql = (
             f"SELECT {columns} FROM files f JOIN jobs j ON j.job_id = f.job_id"
             f" WHERE f.state = 'committed' AND f.job_id IN ({', '.join('?' * len(ids))})"
+            " AND substr(f.blob_name, 1, ?) = ?"
             " ORDER BY f.blob_name, j.created_ns DESC, j.job_id DESC"
         )
         last_name = None
         try:
             with self._db_lock:
-                cursor = self._conn.execute(sql, ids)
+                cursor = self._conn.execute(sql, (*ids, len(name_prefix), name_prefix))
             try:
                 while True:
                     with self._db_lock:

@@ -4,7 +4,8 @@ Two targets:
 
 - ``DEST`` (a blob URL): every blob the journal knows under DEST, i.e. the latest committed
   version of every path of every job whose destination is DEST or a prefix under it, merged with
-  one listing of DEST (List Blobs with metadata: no request per blob). A blob there that no job
+  one listing of DEST (List Blobs with metadata: no request per blob). A job into a prefix
+  above DEST counts for its blobs under DEST. A blob there that no job
   committed is *unknown*; a known blob that is not there is *missing*, unless a later completed
   ``--delete-destination`` job without that file removed it on purpose (its source was gone).
 - ``JOB`` (a job id): that job's committed files, one Get Blob Properties each.
@@ -187,12 +188,13 @@ class _Bad(Exception):
 # --- which jobs, which blobs -------------------------------------------------------------------
 
 
-def _covers(outer: Destination, inner: Destination) -> bool:
-    """Whether every blob written to inner lies under outer."""
+def _overlaps(dest: Destination, job_dest: Destination) -> bool:
+    """Whether a job into job_dest may have written blobs under dest: the same container, and
+    one prefix within the other (a job into the container's root wrote under every prefix)."""
     return (
-        outer.account_url == inner.account_url
-        and outer.container == inner.container
-        and inner.prefix.startswith(outer.prefix)
+        dest.account_url == job_dest.account_url
+        and dest.container == job_dest.container
+        and (job_dest.prefix.startswith(dest.prefix) or dest.prefix.startswith(job_dest.prefix))
     )
 
 
@@ -207,7 +209,9 @@ def _select_jobs(jobs: list[JobInfo], target: str) -> tuple[list[JobInfo], Desti
     """(the jobs to check, the destination to read, whether target named a destination)."""
     if "://" in target:
         dest = parse_destination(target)  # ConfigError for a malformed URL
-        chosen = [info for info in jobs if (d := _job_dest(info)) is not None and _covers(dest, d)]
+        chosen = [
+            info for info in jobs if (d := _job_dest(info)) is not None and _overlaps(dest, d)
+        ]
         if not chosen:
             raise ConfigError(dest.redacted(), "no job in the journal copied to this destination")
         return chosen, dest, True
@@ -532,7 +536,7 @@ class _Checker:
 
 async def _check_dest(checker: _Checker, dest: Destination, job_ids: list[str]) -> None:
     """Merge the journal's known blobs with one listing of DEST, both in name order."""
-    records = checker.journal.iter_committed_by_blob(job_ids)
+    records = checker.journal.iter_committed_by_blob(job_ids, name_prefix=dest.prefix)
     listing: AsyncIterator[BlobProps] = checker.store.list_blobs(dest.prefix, metadata=True)
     record = next(records, None)
     props = await anext(listing, None)
