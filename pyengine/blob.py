@@ -781,6 +781,20 @@ class BlobStore:
         _, _, content = await self._request("GET", name, what="download")
         return content
 
+    async def download_range(self, name: str, offset_bytes: int, length_bytes: int) -> bytes | None:
+        """``length_bytes`` (> 0) of the blob from ``offset_bytes`` (Get Blob with x-ms-range);
+        None if the blob does not exist. Fewer bytes come back where the blob is shorter."""
+        end = offset_bytes + length_bytes - 1  # the range header's end is inclusive
+        status, _, content = await self._request(
+            "GET",
+            name,
+            what="download range",
+            headers={"x-ms-range": f"bytes={offset_bytes}-{end}"},
+            ok=(200, 206),
+            tolerate=(404,),
+        )
+        return None if status == 404 else content
+
     async def delete_blob(self, name: str) -> None:
         """Delete the blob and its snapshots; absent is fine."""
         await self._request(

@@ -233,11 +233,27 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--journal", default=None)
         q.add_argument("--json", action="store_true")
 
-    v = sub.add_parser("verify", help="compare a destination with a job's journal")
-    v.add_argument("target", help="a job id, or a destination URL (its latest job)")
-    v.add_argument("--deep", action="store_true", help="download, decrypt and re-hash every blob")
-    v.add_argument("--kek-file", help="key-encryption key for --deep on encrypted blobs")
-    v.add_argument("--json", action="store_true")
+    v = sub.add_parser("verify", help="check a destination against the journal")
+    v.add_argument(
+        "target",
+        help="a destination URL (every blob the journal knows under it, and blobs it does not "
+        "know), or a job id (that job's committed files)",
+    )
+    v.add_argument(
+        "--deep", action="store_true", help="read back (ranged), decrypt and re-hash every blob"
+    )
+    v.add_argument(
+        "--kek-file", help="key-encryption key: checks encrypted blobs' digests (--deep: needed)"
+    )
+    v.add_argument(
+        "--memory-cap",
+        type=_size_mib,
+        default=CopyOptions.memory_cap_bytes,
+        metavar="MIB",
+        help="hard cap on --deep read buffers in MiB, as for copy "
+        f"(default: {CopyOptions.memory_cap_bytes // MiB})",
+    )
+    v.add_argument("--json", action="store_true", help="print the report as one JSON object")
     _add_credential_flags(v)
 
     k = sub.add_parser(

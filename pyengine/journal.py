@@ -1041,3 +1041,57 @@ class Journal:
             **{f"files_{g}": n for g, n in files.items()},
             **{f"bytes_{g}": n for g, n in size.items()},
         )
+
+    # --- read-only queries for verify -------------------------------------------------------
+
+    def iter_committed_by_blob(
+        self, job_ids: Iterable[str], *, name_prefix: str = ""
+    ) -> Iterator[FileRecord]:
+        """The latest committed version of every blob name among ``job_ids`` (the newest job
+        wins) that starts with ``name_prefix``, in blob-name order: SQLite's BINARY collation on
+        UTF-8, i.e. code-point order, the order of Python's str comparison.
+
+        One read cursor, paged with fetchmany: nothing per blob stays in memory here (SQLite's
+        sorter spills to a temp file for a large journal). Records carry acked_blocks=None.
+        """
+        ids = tuple(job_ids)
+        if not ids:
+            return
+        self._flush_if_any()
+        columns = ", ".join(f"f.{c.strip()}" for c in _FILE_COLUMNS.split(","))
+        sql = (
+            f"SELECT {columns} FROM files f JOIN jobs j ON j.job_id = f.job_id"
+            f" WHERE f.state = 'committed' AND f.job_id IN ({', '.join('?' * len(ids))})"
+            " AND substr(f.blob_name, 1, ?) = ?"
+            " ORDER BY f.blob_name, j.created_ns DESC, j.job_id DESC"
+        )
+        last_name = None
+        try:
+            with self._db_lock:
+                cursor = self._conn.execute(sql, (*ids, len(name_prefix), name_prefix))
+            try:
+                while True:
+                    with self._db_lock:
+                        rows = cursor.fetchmany(PAGE_ROWS)
+                    if not rows:
+                        return
+                    for row in rows:
+                        if row[7] == last_name:  # an older job's version of the same blob
+                            continue
+                        last_name = row[7]
+                        record = self._record(row)
+                        record.acked_blocks = None
+                        yield record
+            finally:
+                cursor.close()
+        except sqlite3.Error as e:
+            raise JournalError(self.path, f"cannot read journal: {e}") from None
+
+    def job_has_blob(self, job_id: str, blob_name: str) -> bool:
+        """Whether job_id has a record (any state) of blob_name. Scans that job's rows only (the
+        (job_id, rel_path) index); meant for the rare blob verify finds missing."""
+        self._flush_if_any()
+        rows = self._read(
+            "SELECT 1 FROM files WHERE job_id = ? AND blob_name = ? LIMIT 1", (job_id, blob_name)
+        )
+        return bool(rows)
