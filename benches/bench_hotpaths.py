@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 
 from pyengine import _core, bench
-from pyengine.blob import crc64_header, shared_key_signature
-from pyengine.journal import Journal
+from pyengine.bench.sink import DiscardSink
+from pyengine.engine.job import copy
 from pyengine.options import CopyOptions
-from pyengine.sink import DiscardSink
-from pyengine.upload import copy
+from pyengine.state.journal import Journal
+from pyengine.targets.azure_blob import crc64_header, shared_key_signature
 
 MiB = 1024 * 1024
 GB = 1_000_000_000

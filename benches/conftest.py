@@ -6,7 +6,7 @@ Sizes come from the environment so CI can run the same benches small:
 - ``PYENGINE_BENCH_SMALL_FILES`` / ``PYENGINE_BENCH_SMALL_BYTES``: count and size of the small
   files (default 2,000 × 256 KiB, the size of a typical DICOM instance).
 
-Throughput is measured against :class:`pyengine.sink.DiscardSink` (nginx), never Azurite,
+Throughput is measured against :class:`pyengine.bench.sink.DiscardSink` (nginx), never Azurite,
 which caps near 60 MB/s here.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from pyengine.bench import write_random_file, write_small_files
+from pyengine.bench.runs import write_random_file, write_small_files
+from pyengine.bench.sink import DiscardSink
 from pyengine.errors import ConfigError
-from pyengine.sink import DiscardSink
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -7,6 +7,9 @@ report = await pyengine.copy("/archive", "https://acct.blob.core.windows.net/pac
 
 from importlib.metadata import PackageNotFoundError, version
 
+from pyengine.engine.job import copy
+from pyengine.engine.report import CopyReport, Event
+
 from .crypto import LocalKeyWrapper, load_kek_file
 from .errors import (
     AuthError,
@@ -19,8 +22,6 @@ from .errors import (
     SourceError,
 )
 from .options import CopyOptions, RetryPolicy
-from .report import CopyReport, Event
-from .upload import copy
 
 try:
     __version__ = version("pyengine")

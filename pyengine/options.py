@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .deletion import DeleteLimit
+from pyengine.engine.mirror import DeleteLimit
 
 MiB = 1024 * 1024
 
@@ -20,7 +20,7 @@ TIERS = ("Hot", "Cool", "Cold", "Archive")
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Back-off for every request path (one policy object, see pyengine.pacer).
+    """Back-off for every request path (one policy object, see pyengine.targets.pacer).
 
     Retries are bounded by elapsed time, not by a try count: Azure answers 503/429 for minutes
     when an account or partition is over its targets, and a migration must slow down through
@@ -75,7 +75,7 @@ class CopyOptions:
     manifest_path: str | None = None
     delete_destination: bool = False
     #: most blobs one run may delete (a count, or a share of the blobs under the prefix);
-    #: default 10 %, and none when the source tree is empty (pyengine.deletion)
+    #: default 10 %, and none when the source tree is empty (pyengine.engine.mirror)
     max_delete: DeleteLimit = field(default_factory=DeleteLimit)
     #: earlier key-encryption keys: a blob whose content key one of them wrapped gets its key
     #: re-wrapped under ``kek`` in place (metadata only) instead of being sent again

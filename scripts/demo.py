@@ -1,7 +1,8 @@
 """`make demo`: a bulk copy of a generated DICOM tree into a local Azurite, then proof.
 
 1. starts Azurite (npm) on a free loopback port;
-2. writes a DICOM-like tree (pyengine.dicom_tree) (patients / studies / series, a few hundred MB);
+2. writes a DICOM-like tree (pyengine.bench.dicom_tree: patients / studies / series, a few
+   hundred MB);
 3. runs `pyengine copy --encrypt` into it, with its progress bar;
 4. downloads every blob with the official azure-storage-blob client (client-side encryption v2),
    decrypts it and compares its BLAKE3 with the source file's; prints a verdict; stops Azurite.
@@ -21,14 +22,14 @@ from pathlib import Path
 from azure.storage.blob import BlobServiceClient
 
 from pyengine import _core
+from pyengine.bench.dicom_tree import make_tree
 from pyengine.crypto import (
     KEYED_DIGEST_METADATA,
     LocalKeyWrapper,
     content_key_from_metadata,
     keyed_digest_hex,
 )
-from pyengine.dicom_tree import make_tree
-from pyengine.emulator import Azurite
+from pyengine.targets.azurite import Azurite
 
 REPO = Path(__file__).resolve().parent.parent
 CONTAINER = "pacs-archive"

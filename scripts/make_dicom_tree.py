@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write a deterministic, DICOM-like demo archive (see :mod:`pyengine.dicom_tree`).
+"""Write a deterministic, DICOM-like demo archive (see :mod:`pyengine.bench.dicom_tree`).
 
     python scripts/make_dicom_tree.py OUT_DIR --total-mb 300 --seed 1
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from pyengine.dicom_tree import Totals, main, make_tree
+from pyengine.bench.dicom_tree import Totals, main, make_tree
 
 __all__ = ["Totals", "main", "make_tree"]
 

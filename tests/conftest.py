@@ -15,8 +15,8 @@ import pytest
 from faultproxy import FaultProxy
 
 from pyengine.crypto import LocalKeyWrapper
-from pyengine.emulator import DEV_ACCOUNT_KEY, DEV_ACCOUNT_NAME, Azurite
 from pyengine.errors import ConfigError
+from pyengine.targets.azurite import DEV_ACCOUNT_KEY, DEV_ACCOUNT_NAME, Azurite
 
 __all__ = ["DEV_ACCOUNT_KEY", "DEV_ACCOUNT_NAME", "Azurite"]
 
