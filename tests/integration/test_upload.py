@@ -61,11 +61,14 @@ def test_resume_sends_only_blocks_not_acknowledged_before(
     assert blob.download_blob().readall() == data
 
 
-def test_resume_with_another_kek_starts_the_file_over(tmp_path, azurite, container, sdk_blob):
+def test_resume_with_another_kek_exits_2_and_the_same_kek_completes(
+    tmp_path, azurite, container, sdk_blob
+):
     src = tmp_path / "src"
     src.mkdir()
     data = os.urandom(24 * MiB)
     (src / "f.bin").write_bytes(data)
+    first_key = os.urandom(32)
     first = pyengine.CopyOptions(
         connection_string=azurite.connection_string,
         journal_path=str(tmp_path / "jobs.sqlite"),
@@ -73,12 +76,15 @@ def test_resume_with_another_kek_starts_the_file_over(tmp_path, azurite, contain
         max_concurrency=2,
         memory_cap_bytes=16 * MiB,
         encrypt=True,
-        kek=LocalKeyWrapper(os.urandom(32)),
+        kek=LocalKeyWrapper(first_key),
     )
-    new_key = os.urandom(32)
-    second = pyengine.CopyOptions(**{**first.__dict__, "kek": LocalKeyWrapper(new_key)})
-    report = asyncio.run(interrupted_then_resumed(str(src), container, first, 3, second))
-    # blocks encrypted under the first content key cannot be unwrapped with the new KEK: all resent
-    assert report.blocks_resumed == 0 and report.blocks_sent == 6 and report.files_copied == 1
-    blob = sdk_blob(container, "f.bin", new_key)
+    second = pyengine.CopyOptions(**{**first.__dict__, "kek": LocalKeyWrapper(os.urandom(32))})
+    # one job never mixes keys: a resume under another KEK is refused before anything is sent
+    with pytest.raises(pyengine.ConfigError) as info:
+        asyncio.run(interrupted_then_resumed(str(src), container, first, 3, second))
+    assert info.value.subject == "--kek-file" and info.value.exit_code == 2
+    report = asyncio.run(pyengine.copy(str(src), container, first))
+    assert report.files_copied == 1 and report.blocks_resumed >= 1
+    assert report.blocks_resumed + report.blocks_sent == 6
+    blob = sdk_blob(container, "f.bin", first_key)
     assert blob.download_blob().readall() == data
