@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pyengine.bench.runs import write_random_file, write_small_files
+from pyengine.bench.files import write_random_file, write_small_files
 from pyengine.bench.sink import DiscardSink
 from pyengine.errors import ConfigError
 

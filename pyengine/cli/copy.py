@@ -1,0 +1,251 @@
+"""`pyengine copy` and `pyengine resume`: their flags, and the mapping of flags onto CopyOptions.
+
+Exit codes: 0 everything copied, 1 some files failed, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from pyengine.cli.common import EXIT_FAILED, EXIT_OK, add_credential_flags, size_mib
+from pyengine.cli.progress import _Presenter
+from pyengine.engine.mirror import DeleteLimit, parse_max_delete
+from pyengine.errors import ConfigError
+from pyengine.options import TIERS, CopyOptions, MiB, RetryPolicy
+
+
+def add_parsers(sub: Any) -> None:
+    """`copy SOURCE DEST` and `resume JOB`: the same flags (a resume asks for secrets again)."""
+    c = sub.add_parser("copy", help="copy a file or a tree into a container")
+    c.add_argument("source", help="file or directory to copy")
+    c.add_argument("dest", help="https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX][?SAS]")
+    _add_copy_flags(c)
+
+    r = sub.add_parser("resume", help="resume an unfinished job (credentials are asked again)")
+    r.add_argument("job", help="job id (see `pyengine jobs list`)")
+    r.add_argument("--dest", default=None, help="the destination again, e.g. with a fresh SAS")
+    _add_copy_flags(r)
+
+
+def _max_delete(text: str) -> DeleteLimit:
+    try:
+        return parse_max_delete(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(e.reason) from None
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _add_copy_flags(p: argparse.ArgumentParser) -> None:
+    add_credential_flags(p)
+    d = CopyOptions()
+    p.add_argument("--encrypt", action="store_true", help="Azure client-side encryption v2")
+    p.add_argument("--kek-file", help="key-encryption key: a file of 32 raw bytes (A256KW)")
+    p.add_argument("--tier", choices=TIERS, help="access tier of the new blobs")
+    p.add_argument(
+        "--tag",
+        action="append",
+        type=_tag,
+        default=[],
+        metavar="KEY=VALUE",
+        help="blob index tag (repeatable)",
+    )
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="copy only matching paths (repeatable; ** spans directories)",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip matching paths (repeatable)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="scan and plan, send nothing")
+    p.add_argument("--json", action="store_true", help="one JSON event per line instead of a bar")
+    p.add_argument(
+        "--create-container", action="store_true", help="create the container if missing"
+    )
+    p.add_argument(
+        "--check",
+        choices=("metadata", "hash", "none"),
+        default=d.check,
+        help="how a re-run decides a blob is up to date (default: %(default)s)",
+    )
+    p.add_argument(
+        "--delete-destination",
+        action="store_true",
+        help="delete blobs whose source file is gone (default: only report them)",
+    )
+    p.add_argument(
+        "--max-delete",
+        type=_max_delete,
+        default=None,
+        metavar="N|P%",
+        help="most blobs one run may delete, a count or a share of the blobs under the prefix "
+        "(default: 10%%, and none when the source tree is empty)",
+    )
+    p.add_argument(
+        "--old-kek-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an earlier key-encryption key (repeatable): blobs it wrapped get their content key "
+        "re-wrapped under --kek-file in place instead of being sent again",
+    )
+    p.add_argument("--manifest", default=None, help="audit manifest path (JSONL)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=d.threads,
+        help="native reader threads (default: %(default)s)",
+    )
+    p.add_argument(
+        "--memory-cap",
+        type=size_mib,
+        default=d.memory_cap_bytes,
+        metavar="MIB",
+        help=f"hard cap on chunk memory in MiB (default: {d.memory_cap_bytes // MiB})",
+    )
+    p.add_argument(
+        "--block-size",
+        type=size_mib,
+        default=None,
+        metavar="MIB",
+        help="block size in MiB, a power of two (default: from the file size)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=d.max_concurrency,
+        help="HTTP requests in flight (default: %(default)s)",
+    )
+    p.add_argument("--direct-io", action="store_true", help="read with O_DIRECT (bypass the cache)")
+    r = RetryPolicy()
+    p.add_argument(
+        "--cap-mbps",
+        type=_positive,
+        default=None,
+        metavar="MBPS",
+        help="cap on upload bandwidth in megabits per second (default: none)",
+    )
+    p.add_argument(
+        "--max-requests-per-s",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="cap on requests started per second, retries included (default: none)",
+    )
+    p.add_argument(
+        "--retry-window",
+        type=_positive,
+        default=r.max_elapsed_s,
+        metavar="SECONDS",
+        help="keep retrying a throttled or failing request this long before its file fails "
+        "(default: %(default)g)",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=_positive,
+        default=r.stall_timeout_s,
+        metavar="SECONDS",
+        help="abort and retry a request that makes no progress this long (default: %(default)g)",
+    )
+
+
+def _options_from(args: argparse.Namespace) -> CopyOptions:
+    from pyengine.crypto import load_kek_file
+
+    if args.encrypt and not args.kek_file:
+        raise ConfigError("--encrypt", "needs --kek-file PATH (a file of 32 raw bytes)")
+    kek = load_kek_file(args.kek_file) if args.kek_file else None
+    for name in ("threads", "concurrency"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name}", "must be at least 1")
+    block = args.block_size
+    if block is not None and block & (block - 1):
+        raise ConfigError("--block-size", "must be a power of two in MiB (4, 8, 16, ...)")
+    return CopyOptions(
+        threads=args.threads,
+        memory_cap_bytes=args.memory_cap,
+        block_bytes=block,
+        max_concurrency=args.concurrency,
+        encrypt=args.encrypt,
+        kek=kek,
+        tier=args.tier,
+        tags=tuple(args.tag),
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        dry_run=args.dry_run,
+        create_container=args.create_container,
+        connection_string=args.connection_string,
+        check=args.check,
+        journal_path=args.journal,
+        manifest_path=args.manifest,
+        delete_destination=args.delete_destination,
+        max_delete=args.max_delete or DeleteLimit(),
+        old_keks=tuple(load_kek_file(path) for path in args.old_kek_file),
+        direct_io=args.direct_io,
+        retry=RetryPolicy(max_elapsed_s=args.retry_window, stall_timeout_s=args.stall_timeout),
+        max_requests_per_s=args.max_requests_per_s,
+        cap_mbps=args.cap_mbps,
+    )
+
+
+def _run_copy(source: str, dest: str, options: CopyOptions, as_json: bool) -> int:
+    from pyengine.engine.job import copy
+
+    with _Presenter(as_json) as presenter:
+        report = asyncio.run(copy(source, dest, options, on_event=presenter.on_event))
+    presenter.summary(report)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    return _run_copy(args.source, args.dest, _options_from(args), args.json)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from pyengine.state.journal import Journal
+
+    with Journal.open(args.journal) as journal:
+        info = journal.get_job(args.job)
+    if info.status != "running":
+        raise ConfigError(args.job, f"job is {info.status}; nothing to resume")
+    dest = args.dest or info.dest
+    opts = _options_from(args)
+    saved = info.options
+    # The job keeps the choices that decide block IDs and payloads; secrets are asked again.
+    opts = CopyOptions(
+        **{
+            **opts.__dict__,
+            "encrypt": bool(saved.get("encrypt", opts.encrypt)),
+            "block_bytes": saved.get("block_bytes", opts.block_bytes),
+            "include": tuple(saved.get("include", opts.include)),
+            "exclude": tuple(saved.get("exclude", opts.exclude)),
+            "journal_path": args.journal,
+        }
+    )
+    if opts.encrypt and opts.kek is None:
+        raise ConfigError(args.job, "the job encrypts: give --kek-file again")
+    return _run_copy(info.source, dest, opts, args.json)
