@@ -427,7 +427,7 @@ def test_migration_hook_upgrades_an_older_schema(
         calls.append(SCHEMA_VERSION)
         conn.execute("ALTER TABLE jobs ADD COLUMN note TEXT")
 
-    monkeypatch.setattr("pyengine.state.journal.SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr("pyengine.state.schema.SCHEMA_VERSION", SCHEMA_VERSION + 1)
     monkeypatch.setitem(MIGRATIONS, SCHEMA_VERSION, add_column)
     Journal.open(db_path).close()
     Journal.open(db_path).close()  # already upgraded: the hook runs once
@@ -448,7 +448,7 @@ def test_two_journals_on_one_file_never_share_file_ids(db_path: Path) -> None:
 def test_iter_files_filters_by_state_across_pages(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("pyengine.state.journal.PAGE_ROWS", 4)
+    monkeypatch.setattr("pyengine.state.journal_queries.PAGE_ROWS", 4)
     with Journal.open(db_path) as j:
         job_id = j.create_job("/pacs", DEST, {})
         for n in range(23):
