@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pyengine import _core
 from pyengine.crypto import KEYED_DIGEST_METADATA
 from pyengine.state.journal import Journal
-from pyengine.state.verify import _Bad, _ranges, decrypt_regions
+from pyengine.state.verify_deep import decrypt_regions, read_ranges
+from pyengine.state.verify_report import BadBlob
 
 MiB = 1024 * 1024
 REGION = 4 * MiB
@@ -475,13 +476,13 @@ def test_deep_verify_of_a_blob_four_times_the_memory_cap_stays_within_the_cap(
 
 def test_ranges_hold_whole_encrypted_regions_and_cover_the_blob() -> None:
     plain = 3 * REGION + 5
-    got = list(_ranges(plain, True, 2))
+    got = list(read_ranges(plain, True, 2))
     assert got == [
         (0, 2 * STORED_REGION, 0, [REGION, REGION]),
         (2 * STORED_REGION, STORED_REGION + 5 + 28, 2, [REGION, 5]),
     ]
-    assert list(_ranges(plain, False, 2))[-1] == (2 * REGION, REGION + 5, 2, [REGION, 5])
-    assert list(_ranges(0, True, 2)) == []
+    assert list(read_ranges(plain, False, 2))[-1] == (2 * REGION, REGION + 5, 2, [REGION, 5])
+    assert list(read_ranges(0, True, 2)) == []
 
 
 def test_decrypt_regions_reads_the_native_encryptor_and_refuses_regions_out_of_place() -> None:
@@ -491,7 +492,7 @@ def test_decrypt_regions_reads_the_native_encryptor_and_refuses_regions_out_of_p
     aes = AESGCM(key)
     assert b"".join(decrypt_regions(aes, stored, 0, [REGION, REGION, 10])) == plain
     # the stored bytes of region 1 returned for region 0: its nonce betrays it
-    with pytest.raises(_Bad, match="region 0: its nonce is not its index"):
+    with pytest.raises(BadBlob, match="region 0: its nonce is not its index"):
         decrypt_regions(aes, stored[STORED_REGION : 2 * STORED_REGION], 0, [REGION])
 
 
