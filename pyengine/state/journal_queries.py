@@ -1,9 +1,11 @@
-"""What can be asked of the journal about jobs already run (or running): the job list with
-per-state totals, one job's per-path summary, a paged stream of its files, and the two
-questions verify asks (the latest committed version of every blob, and whether a job had one).
+"""What can be asked of the journal about jobs, beyond one file's resume state: the unfinished job
+to resume, the job list with per-state totals, one job's per-path summary, a paged stream of its
+files, and the two questions verify asks (the latest committed version of every blob, and
+whether a job had a record of one).
 
-These reads never write: each flushes the pending batch first, so it sees every write made
-before it (read-your-writes), and pages its rows so memory stays bounded however large a job is.
+None of these adds to the journal. Those that count or list files write the pending batch out
+first (read-your-writes); the per-file streams page their rows, so memory stays bounded however
+many files a job has.
 """
 
 from __future__ import annotations
