@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiofiles
 
-from pyengine.state.journal import FileRecord, contains_secret, default_journal_path, one_line
+from pyengine.state.records import FileRecord, contains_secret, default_journal_path, one_line
 
 ManifestStatus = Literal["copied", "skipped", "failed", "deleted_at_source", "deleted", "rewrapped"]
 STATUSES = ("copied", "skipped", "failed", "deleted_at_source", "deleted", "rewrapped")
