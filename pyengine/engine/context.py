@@ -21,7 +21,7 @@ from pyengine.engine.taskowner import TaskOwner
 from pyengine.options import CopyOptions
 from pyengine.state.journal import FileRecord, Journal
 from pyengine.state.manifest import ManifestEntry, ManifestWriter
-from pyengine.targets.azure_blob import Destination
+from pyengine.targets.auth import Destination
 from pyengine.targets.base import Target
 
 log = logging.getLogger("pyengine")

@@ -27,14 +27,13 @@ from pyengine.engine.scan import ScanProblem, SourceFile, display_path, restat
 from pyengine.errors import PyEngineError, SourceError
 from pyengine.options import MiB
 from pyengine.state.journal import FileRecord
-from pyengine.targets.azure_blob import redact
+from pyengine.targets.auth import redact
 
 log = logging.getLogger("pyengine")
 
 #: reads of a file that keeps changing while it is read before it fails with CHANGED_REASON
 CHANGED_TRIES = 3
 CHANGED_REASON = "changed while being read"
-
 
 #: decide.py's answer for one read of a file (src, record, chunk_bytes, single_put, resume): the
 #: task to send, or None when its staged blocks changed and it must be read as a new version
@@ -57,7 +56,7 @@ class Sender:
 
     def __init__(self, ctx: JobContext) -> None:
         self.ctx = ctx
-        #: the open _core.Pipeline while the job copies (set and cleared by the job)
+        #: the open _core.Pipeline while the job copies (the job sets it when it opens one)
         self.pipeline: Any = None
         #: files the core is reading, by the file id given to it
         self.tasks: dict[int, FileTask] = {}
