@@ -10,16 +10,31 @@ IO errors":
   of the run was committed and journaled (the caller flushes the journal first);
 - a limit refuses a run that would delete more than 10 % of the blobs under the prefix by default,
   or any blob when the source tree is empty, unless ``--max-delete`` says otherwise.
+
+`DeletionPass` is the job's side of it: it records what each scan batch claims, counts the
+entries the scan could not take, and at the end of the copy reports (and, if asked, deletes) the
+blobs no source file claims.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from pyengine.engine.scan import PathFilter, ScanProblem, SourceFile
 from pyengine.errors import ConfigError
+from pyengine.state.manifest import ManifestEntry
+
+if TYPE_CHECKING:  # pyengine.options imports DeleteLimit from here: nothing here imports options
+    from pyengine.engine.context import JobContext
+    from pyengine.targets.base import StoredBlob
+
+log = logging.getLogger("pyengine")
 
 #: default limit: at most this share of the blobs under the prefix in one run
 DEFAULT_MAX_DELETE_PERCENT = 10.0
@@ -113,10 +128,121 @@ def refusal(
     return None
 
 
+class DeletionPass:
+    """The job's mirror deletion: fed every scan batch while the copy runs, run once after it."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx = ctx
+        #: why this run cannot prove it saw the whole tree (any entry: no deletion)
+        self.scan_errors: list[str] = []
+        self.claimed = ClaimedNames()
+        self.filter = PathFilter(ctx.options.include, ctx.options.exclude)
+
+    def close(self) -> None:
+        self.claimed.close()
+
+    def claim_names(self, batch: list[SourceFile | ScanProblem]) -> None:
+        """Records the blob names this batch's source entries claim (deletion spares them)."""
+        # here, not at the top: plan imports pyengine.options, which imports this module
+        from pyengine.engine.plan import names_claimed
+
+        prefix = self.ctx.dest.prefix
+        names = [n for item in batch if item.rel_path for n in names_claimed(prefix, item.rel_path)]
+        self.claimed.add(names, files=sum(isinstance(item, SourceFile) for item in batch))
+
+    async def scan_problem(self, item: ScanProblem) -> None:
+        """An entry the scan could not take: a failed file (counted), and in any case proof
+        that this run did not see the whole tree, so it deletes nothing."""
+        self.scan_errors.append(f"{item.rel_path or item.path}: {item.reason}")
+        if not item.counted:  # not a file the filters take: one log line, not a failure
+            log.warning("%s: %s (the scan could not examine it)", item.rel_path, item.reason)
+            return
+        await self.ctx.outcome(
+            item.rel_path or item.path, "failed", size_bytes=0, reason=item.reason
+        )
+
+    def deletion_blocked(self) -> str | None:
+        """Why this run must not delete anything, or None."""
+        if self.scan_errors:
+            n = len(self.scan_errors)
+            return f"the scan met {n} error{'s' if n > 1 else ''} (first: {self.scan_errors[0]})"
+        if self.ctx.report.files_failed:
+            return f"{self.ctx.report.files_failed} files failed"
+        return None
+
+    async def report_deletions(self) -> None:
+        """Blobs under the prefix that no source file claims: reported, and deleted only on
+        request, after a clean scan, within the limit (the rules at the top of this module)."""
+        ctx = self.ctx
+        assert ctx.store is not None
+        if os.path.isfile(ctx.source):
+            return  # a single-file copy says nothing about its neighbours
+        opts = ctx.options
+        r = ctx.report
+        blocked = self.deletion_blocked()
+        if blocked is None and ctx.journal is not None:
+            # every copy of the run is durable before the first deletion (raises on failure)
+            await ctx.journal.aflush()
+        prefix = ctx.dest.prefix
+        candidates: list[StoredBlob] = []
+        blobs_under_prefix = 0
+        async for props in ctx.store.list_blobs(prefix, metadata=False):
+            blobs_under_prefix += 1
+            rel = props.name[len(prefix) :]
+            if props.name in self.claimed or not self.filter.accepts(rel):
+                continue
+            candidates.append(props)
+        if blocked is not None:
+            # the scan did not see the whole tree: these blobs may well have a source file, so
+            # none is reported as deleted at source, let alone deleted
+            if opts.delete_destination:
+                r.deletion_refused = (
+                    f"nothing deleted: {blocked}; kept {len(candidates)} blobs that no file "
+                    "seen this run claims"
+                )
+            return
+        r.deleted_at_source = [p.name[len(prefix) :] for p in candidates]
+        if not opts.delete_destination or not candidates:
+            for props in candidates:
+                ctx.emit("deleted_at_source", path=props.name[len(prefix) :], blob=props.name)
+            return
+        why = refusal(
+            candidates=len(candidates),
+            blobs_under_prefix=blobs_under_prefix,
+            files_in_source=self.claimed.files,
+            limit=opts.max_delete,
+        )
+        if why is not None:
+            r.deletion_refused = f"nothing deleted: {why}"
+            return
+        for props in candidates:
+            rel = props.name[len(prefix) :]
+            if opts.dry_run:
+                r.blobs_to_delete += 1
+                ctx.emit("delete_planned", path=rel, blob=props.name, bytes=props.size_bytes)
+                continue
+            await ctx.store.delete_blob(props.name)
+            r.blobs_deleted += 1
+            ctx.emit("file_deleted", path=rel, blob=props.name, bytes=props.size_bytes)
+            if ctx.manifest is not None:
+                await ctx.manifest.write(
+                    ManifestEntry(
+                        path=rel,
+                        size_bytes=props.size_bytes,
+                        mtime_ns=0,
+                        status="deleted",
+                        job_id=r.job_id,
+                        blob_url=ctx.dest.blob_url(props.name),
+                        etag=props.etag,
+                    )
+                )
+
+
 __all__ = [
     "DEFAULT_MAX_DELETE_PERCENT",
     "ClaimedNames",
     "DeleteLimit",
+    "DeletionPass",
     "parse_max_delete",
     "refusal",
 ]

@@ -66,6 +66,39 @@ def choose_block_bytes(
     return block_bytes
 
 
+#: smallest chunk of a Put Blob file when not encrypting (an encrypted one reads whole regions)
+MIN_CHUNK_BYTES = 64 * 1024
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def read_plan(
+    size_bytes: int,
+    *,
+    single_put_max_bytes: int,
+    block_bytes: int | None,
+    encrypt: bool,
+    path: str | None = None,
+) -> tuple[int, bool]:
+    """How the core reads a file of ``size_bytes``: (chunk_bytes, single_put).
+
+    A file up to ``single_put_max_bytes`` goes up in one Put Blob, read as one chunk (a power of
+    two, at least one region when encrypting); a larger one in blocks of ``block_bytes`` when the
+    user chose it, else of :func:`choose_block_bytes`, which raises :class:`SourceError` for a
+    file too large for one blob.
+    """
+    single_put = size_bytes <= single_put_max_bytes
+    if single_put:
+        floor_bytes = REGION_BYTES if encrypt else MIN_CHUNK_BYTES
+        return max(floor_bytes, next_pow2(size_bytes)), True
+    if block_bytes:
+        return block_bytes, False
+    return choose_block_bytes(size_bytes, encrypt=encrypt, path=path), False
+
+
 #: Characters the Blob service refuses or rewrites (see blob_name): one compiled class, since the
 #: check runs once per file of a million-file tree.
 _REFUSED_RE = re.compile(

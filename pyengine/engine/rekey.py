@@ -17,7 +17,8 @@ from typing import Any
 from pyengine.crypto import content_key_from_metadata, encryption_metadata
 from pyengine.errors import PyEngineError
 from pyengine.options import CopyOptions
-from pyengine.targets.azure_blob import BlobProps, BlobStore, parse_destination, resolve_credential
+from pyengine.targets.azure_blob import BlobStore, parse_destination, resolve_credential
+from pyengine.targets.base import StoredBlob, Target
 
 log = logging.getLogger("pyengine")
 
@@ -67,10 +68,11 @@ async def rekey(
     retry = CopyOptions().retry
     async with BlobStore(
         destination, credential, retry=retry, max_connections=concurrency
-    ) as store:
+    ) as blob_store:
+        store: Target = blob_store  # the rest sees the interface only (targets/base.py)
         await store.ensure_container(create=False)
 
-        async def one(props: BlobProps) -> None:
+        async def one(props: StoredBlob) -> None:
             encryptiondata = props.metadata.get("encryptiondata")
             if not encryptiondata:
                 report.blobs_plain += 1

@@ -19,6 +19,7 @@ from pyengine.engine.plan import (
     encrypted_bytes,
     new_upload_id,
     parse_block_id,
+    read_plan,
 )
 from pyengine.errors import SourceError
 from pyengine.options import MAX_BLOCK_BYTES, MAX_BLOCKS_PER_BLOB, MiB
@@ -269,3 +270,19 @@ def test_encrypted_blob_metadata_holds_a_keyed_digest_never_the_plaintext_blake3
 def test_blob_metadata_has_no_encryptiondata_when_not_encrypting():
     metadata = blob_metadata(size_bytes=0, mtime_ns=0, blake3_hex="", upload_id="0" * 32)
     assert "encryptiondata" not in metadata
+
+
+def test_read_plan_reads_a_small_file_as_one_power_of_two_chunk_for_one_put_blob() -> None:
+    plan = {"single_put_max_bytes": 4 * MiB, "block_bytes": None, "encrypt": False}
+    assert read_plan(0, **plan) == (64 * 1024, True)
+    assert read_plan(100_000, **plan) == (128 * 1024, True)
+    # encrypted: at least one whole 4 MiB region
+    assert read_plan(100_000, **{**plan, "encrypt": True}) == (4 * MiB, True)
+
+
+def test_read_plan_sends_a_large_file_in_blocks_of_the_chosen_or_the_planned_size() -> None:
+    plan = {"single_put_max_bytes": 4 * MiB, "block_bytes": None, "encrypt": False}
+    assert read_plan(4 * MiB + 1, **plan) == (choose_block_bytes(4 * MiB + 1), False)
+    assert read_plan(4 * MiB + 1, **{**plan, "block_bytes": 16 * MiB}) == (16 * MiB, False)
+    with pytest.raises(SourceError):
+        read_plan(MAX_BLOB_BYTES + 1, **plan, path="huge.dcm")

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 import pyengine
-from pyengine import CopyOptions, LocalKeyWrapper, upload
+from pyengine import CopyOptions, LocalKeyWrapper
 from pyengine.crypto import content_key_from_metadata
+from pyengine.engine import decide
 from pyengine.engine.plan import CTIME_METADATA
 from pyengine.options import MiB
 from pyengine.state.journal import _SCHEMA_V1, SCHEMA_VERSION, Journal
@@ -77,13 +78,13 @@ def test_rewrite_during_copy_commits_the_new_bytes_read_again_from_scratch(
     kek_bytes = os.urandom(32)
     kek = LocalKeyWrapper(kek_bytes) if encrypt else None
     keys: list[bytes] = []
-    real_new_content_key = upload.new_content_key
+    real_new_content_key = decide.new_content_key
 
     def recording_new_content_key() -> bytes:
         keys.append(real_new_content_key())
         return keys[-1]
 
-    monkeypatch.setattr(upload, "new_content_key", recording_new_content_key)
+    monkeypatch.setattr(decide, "new_content_key", recording_new_content_key)
     rewritten: list[os.stat_result] = []
 
     def on_event(ev: Any) -> None:

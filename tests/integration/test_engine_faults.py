@@ -22,7 +22,8 @@ import pytest
 from azure.storage.blob import ContainerClient
 
 import pyengine
-from pyengine import cli, upload
+from pyengine import cli
+from pyengine.engine import job as engine_job
 from pyengine.engine.taskowner import TaskOwner
 from pyengine.errors import JournalError
 from pyengine.state.journal import _SQL_ACK, Journal
@@ -143,7 +144,7 @@ def test_a_failed_group_commit_aborts_the_copy_with_journal_error_even_if_later_
     src = tmp_path / "src"
     make_tree(src, small=20)
     # the periodic flush commits first, long before the job's last flush
-    monkeypatch.setattr(upload, "JOURNAL_FLUSH_S", 0.01)
+    monkeypatch.setattr(engine_job, "JOURNAL_FLUSH_S", 0.01)
     real_write = Journal._write
     failures = 0
 
@@ -256,7 +257,7 @@ def test_a_slow_journal_commit_never_stalls_transfers(
         real_write(self, ops)
 
     monkeypatch.setattr(Journal, "_write", slow_write)
-    monkeypatch.setattr(upload, "JOURNAL_FLUSH_S", 0.05)  # commits back to back
+    monkeypatch.setattr(engine_job, "JOURNAL_FLUSH_S", 0.05)  # commits back to back
     worst_lag_s = 0.0
 
     async def main() -> Any:
