@@ -29,17 +29,22 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(VENV)/.installed: $(NATIVE_SOURCES) | deps
+# The editable install records the package's module files: a checkout that adds, moves or removes
+# one needs it again, so the stamp's name carries a digest of the file list.
+INSTALLED := $(VENV)/.installed-$(shell find pyengine -name '*.py' | sort | md5sum | cut -c1-12)
+
+$(INSTALLED): $(NATIVE_SOURCES) | deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12"
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	rm -f $(VENV)/.installed*
 	touch $@
 
 $(AZURITE): | deps
 	npm install --no-audit --no-fund --no-save --silent azurite@3
 
-setup: deps $(VENV)/.installed $(AZURITE)
+setup: deps $(INSTALLED) $(AZURITE)
 
 lint: setup
 	$(VENV)/bin/ruff check pyengine tests benches scripts
