@@ -2,7 +2,7 @@
 
 The CLI prints ``error: <subject>: <reason>`` and never a traceback for these. ``subject`` is the
 file path, blob name or destination the error is about; it never contains a secret (URLs are
-redacted by :func:`pyengine.targets.azure_blob.redact_url` before they get here).
+redacted by :func:`pyengine.targets.auth.redact` before they get here).
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pyengine.engine.mirror import DeleteLimit
+from pyengine.errors import ConfigError
 
 MiB = 1024 * 1024
 
@@ -16,6 +17,47 @@ MAX_BLOCK_BYTES = 4000 * MiB
 #: Azure client-side encryption v2 splits plaintext into 4 MiB GCM regions.
 REGION_BYTES = 4 * MiB
 TIERS = ("Hot", "Cool", "Cold", "Archive")
+
+
+#: default limit: at most this share of the blobs under the prefix in one run
+DEFAULT_MAX_DELETE_PERCENT = 10.0
+
+_LIMIT_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(%?)\s*")
+
+
+@dataclass(frozen=True)
+class DeleteLimit:
+    """At most ``count`` blobs, or at most ``percent`` % of the blobs under the prefix."""
+
+    count: int | None = None
+    percent: float | None = DEFAULT_MAX_DELETE_PERCENT
+    #: given by the user: an empty source tree may then delete (the default never does)
+    explicit: bool = False
+
+    def allowed(self, blobs_under_prefix: int) -> int:
+        if self.count is not None:
+            return self.count
+        assert self.percent is not None
+        return int(blobs_under_prefix * self.percent / 100.0)
+
+    def describe(self) -> str:
+        return f"{self.count}" if self.count is not None else f"{self.percent:g}%"
+
+
+def parse_max_delete(text: str) -> DeleteLimit:
+    """``N`` (a count of blobs) or ``P%`` (a share of the blobs under the prefix)."""
+    m = _LIMIT_RE.fullmatch(text)
+    if m is None:
+        raise ConfigError("--max-delete", f"expected N or P% (e.g. 100 or 5%), got {text!r}")
+    value, pct = m.group(1), m.group(2)
+    if pct:
+        percent = float(value)
+        if percent > 100:
+            raise ConfigError("--max-delete", f"a share above 100% makes no sense: {text!r}")
+        return DeleteLimit(count=None, percent=percent, explicit=True)
+    if "." in value:
+        raise ConfigError("--max-delete", f"a count of blobs is a whole number: {text!r}")
+    return DeleteLimit(count=int(value), percent=None, explicit=True)
 
 
 @dataclass(frozen=True)

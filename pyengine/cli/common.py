@@ -8,6 +8,7 @@ wires the commands together (main.py imports every command module).
 from __future__ import annotations
 
 import argparse
+import math
 
 from rich.console import Console
 
@@ -26,14 +27,19 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {self.prog}: {message}\n")
 
 
-def size_mib(text: str) -> int:
+def positive(text: str) -> float:
+    """A finite number above zero (argparse type)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of MiB: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return int(value * MiB)
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError("must be a positive finite number")
+    return value
+
+
+def size_mib(text: str) -> int:
+    return int(positive(text) * MiB)
 
 
 def add_credential_flags(p: argparse.ArgumentParser) -> None:

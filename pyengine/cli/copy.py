@@ -9,11 +9,10 @@ import argparse
 import asyncio
 from typing import Any
 
-from pyengine.cli.common import EXIT_FAILED, EXIT_OK, add_credential_flags, size_mib
+from pyengine.cli.common import EXIT_FAILED, EXIT_OK, add_credential_flags, positive, size_mib
 from pyengine.cli.progress import _Presenter
-from pyengine.engine.mirror import DeleteLimit, parse_max_delete
 from pyengine.errors import ConfigError
-from pyengine.options import TIERS, CopyOptions, MiB, RetryPolicy
+from pyengine.options import TIERS, CopyOptions, DeleteLimit, MiB, RetryPolicy, parse_max_delete
 
 
 def add_parsers(sub: Any) -> None:
@@ -34,16 +33,6 @@ def _max_delete(text: str) -> DeleteLimit:
         return parse_max_delete(text)
     except ConfigError as e:
         raise argparse.ArgumentTypeError(e.reason) from None
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
 
 
 def _tag(text: str) -> tuple[str, str]:
@@ -144,21 +133,21 @@ def _add_copy_flags(p: argparse.ArgumentParser) -> None:
     r = RetryPolicy()
     p.add_argument(
         "--cap-mbps",
-        type=_positive,
+        type=positive,
         default=None,
         metavar="MBPS",
         help="cap on upload bandwidth in megabits per second (default: none)",
     )
     p.add_argument(
         "--max-requests-per-s",
-        type=_positive,
+        type=positive,
         default=None,
         metavar="N",
         help="cap on requests started per second, retries included (default: none)",
     )
     p.add_argument(
         "--retry-window",
-        type=_positive,
+        type=positive,
         default=r.max_elapsed_s,
         metavar="SECONDS",
         help="keep retrying a throttled or failing request this long before its file fails "
@@ -166,7 +155,7 @@ def _add_copy_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--stall-timeout",
-        type=_positive,
+        type=positive,
         default=r.stall_timeout_s,
         metavar="SECONDS",
         help="abort and retry a request that makes no progress this long (default: %(default)g)",
@@ -228,7 +217,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from pyengine.state.journal import Journal
 
-    with Journal.open(args.journal) as journal:
+    with Journal.open_existing(args.journal) as journal:
         info = journal.get_job(args.job)
     if info.status != "running":
         raise ConfigError(args.job, f"job is {info.status}; nothing to resume")

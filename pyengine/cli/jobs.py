@@ -27,7 +27,7 @@ def add_parser(sub: Any) -> None:
 def cmd_jobs(args: argparse.Namespace) -> int:
     from pyengine.state.journal import Journal
 
-    with Journal.open(args.journal) as journal:
+    with Journal.open_existing(args.journal) as journal:
         if args.jobs_command == "list":
             jobs = journal.list_jobs()
             if args.json:

@@ -79,7 +79,7 @@ class _Presenter:
             self.progress.console.print(
                 Text.assemble(("error:", "red"), f" {ev.path}: {ev.reason}")
             )
-        if ev.kind == "file_planned":
+        elif ev.kind == "file_planned":
             self.progress.console.print(Text(f"plan: {ev.path} -> {ev.blob}"))
         elif ev.kind == "deleted_at_source":
             self.progress.console.print(

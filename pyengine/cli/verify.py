@@ -1,13 +1,17 @@
-"""`pyengine verify TARGET`: the sub-parser only; the check itself is
-pyengine.state.verify.run_verify (0 all ok, 1 any finding)."""
+"""`pyengine verify TARGET`: findings printed one line each as they are found, then a summary
+table (or the report as one JSON object with ``--json``); 0 all ok, 1 any finding. The checks
+themselves are :func:`pyengine.state.verify.verify`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 from typing import Any
 
-from pyengine.cli.common import add_credential_flags, size_mib
+from pyengine.cli.common import EXIT_FAILED, EXIT_OK, add_credential_flags, size_mib
 from pyengine.options import CopyOptions, MiB
+from pyengine.state.verify_report import Finding, VerifyReport
 
 
 def add_parser(sub: Any) -> None:
@@ -35,7 +39,63 @@ def add_parser(sub: Any) -> None:
     add_credential_flags(v)
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    from pyengine.state.verify import run_verify
+def _print_summary(report: VerifyReport, kek_given: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
 
-    return run_verify(args)
+    console = Console(highlight=False)
+    mode = "deep (read back, decrypted, re-hashed)" if report.deep else "metadata"
+    jobs = ", ".join(report.job_ids)
+    console.print(f"verify {report.target}: {mode}; jobs {jobs}", markup=False, soft_wrap=True)
+    table = Table("", "blobs")
+    table.add_row("ok", str(report.files_ok))
+    table.add_row("damaged", str(report.files_damaged))
+    table.add_row("missing", str(report.files_missing))
+    table.add_row("unknown", str(report.blobs_unknown))
+    if report.files_unreadable:
+        table.add_row("unreadable", str(report.files_unreadable))
+    if report.files_deleted_at_source:
+        table.add_row("deleted at source (not checked)", str(report.files_deleted_at_source))
+    if report.files_not_committed:
+        table.add_row("not committed (not checked)", str(report.files_not_committed))
+    console.print(table)
+    if report.files_digest_unchecked:
+        why = "this run had no --kek-file" if not kek_given else "no KEK"
+        console.print(
+            f"{report.files_digest_unchecked} encrypted blobs: existence and size checked, "
+            f"digest not checked ({why})",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """0 all ok, 1 any finding; usage errors raise ConfigError (exit 2 through cli.main)."""
+    from pyengine.state.verify import verify
+
+    kek = None
+    if args.kek_file:
+        from pyengine.crypto import load_kek_file
+
+        kek = load_kek_file(args.kek_file)
+
+    def print_finding(finding: Finding) -> None:
+        # one line each, as found: an operator sees them during a long deep run
+        print(finding.line(), flush=True)
+
+    report = asyncio.run(
+        verify(
+            args.target,
+            journal_path=args.journal,
+            deep=args.deep,
+            kek=kek,
+            connection_string=args.connection_string,
+            memory_cap_bytes=args.memory_cap,
+            on_finding=None if args.json else print_finding,
+        )
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), ensure_ascii=False), flush=True)
+    else:
+        _print_summary(report, kek is not None)
+    return EXIT_OK if report.ok else EXIT_FAILED

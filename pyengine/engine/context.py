@@ -116,7 +116,6 @@ class JobContext:
     ) -> None:
         """Counts a file once, journals it, writes its manifest line and emits its event."""
         r = self.report
-        shown = display_path(rel_path)
         if status == "copied":
             r.files_copied += 1
             r.bytes_copied += size_bytes
@@ -134,6 +133,7 @@ class JobContext:
         else:
             r.files_failed += 1
             r.bytes_failed += size_bytes
+            shown = display_path(rel_path)
             r.failures.append((shown, reason or "failed"))
             if record is not None and self.journal is not None:
                 self.journal.mark_failed(record.file_id, reason or "failed")

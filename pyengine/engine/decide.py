@@ -24,6 +24,7 @@ from pyengine.crypto import (
 )
 from pyengine.engine.context import FileTask, JobContext
 from pyengine.engine.plan import CTIME_METADATA, block_id
+from pyengine.engine.rekey import rewrap_in_place
 from pyengine.engine.scan import SourceFile, display_path
 from pyengine.engine.send import Sender
 from pyengine.errors import ConfigError
@@ -159,9 +160,7 @@ class Decider:
         Set Blob Metadata (If-Match: a blob changed meanwhile is not touched). No byte is sent."""
         ctx = self.ctx
         assert ctx.store is not None
-        metadata = dict(props.metadata)
-        metadata["encryptiondata"] = encryption_metadata(content_key, ctx.options.kek)
-        await ctx.store.set_metadata(props.name, metadata, if_match=props.etag)
+        await rewrap_in_place(ctx.store, props, content_key, ctx.options.kek)
         ctx.report.files_rewrapped += 1
 
     # --- what to send ----------------------------------------------------------------------

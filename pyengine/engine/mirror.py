@@ -20,61 +20,24 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pyengine.engine.plan import names_claimed
 from pyengine.engine.scan import PathFilter, ScanProblem, SourceFile
-from pyengine.errors import ConfigError
+from pyengine.options import (  # re-exported: the limit is an option, applied here
+    DEFAULT_MAX_DELETE_PERCENT,
+    DeleteLimit,
+    parse_max_delete,
+)
 from pyengine.state.manifest import ManifestEntry
 
-if TYPE_CHECKING:  # pyengine.options imports DeleteLimit from here: nothing here imports options
+if TYPE_CHECKING:
     from pyengine.engine.context import JobContext
     from pyengine.targets.base import StoredBlob
 
 log = logging.getLogger("pyengine")
-
-#: default limit: at most this share of the blobs under the prefix in one run
-DEFAULT_MAX_DELETE_PERCENT = 10.0
-
-_LIMIT_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(%?)\s*")
-
-
-@dataclass(frozen=True)
-class DeleteLimit:
-    """At most ``count`` blobs, or at most ``percent`` % of the blobs under the prefix."""
-
-    count: int | None = None
-    percent: float | None = DEFAULT_MAX_DELETE_PERCENT
-    #: given by the user: an empty source tree may then delete (the default never does)
-    explicit: bool = False
-
-    def allowed(self, blobs_under_prefix: int) -> int:
-        if self.count is not None:
-            return self.count
-        assert self.percent is not None
-        return int(blobs_under_prefix * self.percent / 100.0)
-
-    def describe(self) -> str:
-        return f"{self.count}" if self.count is not None else f"{self.percent:g}%"
-
-
-def parse_max_delete(text: str) -> DeleteLimit:
-    """``N`` (a count of blobs) or ``P%`` (a share of the blobs under the prefix)."""
-    m = _LIMIT_RE.fullmatch(text)
-    if m is None:
-        raise ConfigError("--max-delete", f"expected N or P% (e.g. 100 or 5%), got {text!r}")
-    value, pct = m.group(1), m.group(2)
-    if pct:
-        percent = float(value)
-        if percent > 100:
-            raise ConfigError("--max-delete", f"a share above 100% makes no sense: {text!r}")
-        return DeleteLimit(count=None, percent=percent, explicit=True)
-    if "." in value:
-        raise ConfigError("--max-delete", f"a count of blobs is a whole number: {text!r}")
-    return DeleteLimit(count=int(value), percent=None, explicit=True)
 
 
 class ClaimedNames:
@@ -144,7 +107,6 @@ class DeletionPass:
     def claim_names(self, batch: list[SourceFile | ScanProblem]) -> None:
         """Records the blob names this batch's source entries claim (deletion spares them)."""
         # here, not at the top: plan imports pyengine.options, which imports this module
-        from pyengine.engine.plan import names_claimed
 
         prefix = self.ctx.dest.prefix
         names = [n for item in batch if item.rel_path for n in names_claimed(prefix, item.rel_path)]
@@ -183,6 +145,8 @@ class DeletionPass:
         if blocked is None and ctx.journal is not None:
             # every copy of the run is durable before the first deletion (raises on failure)
             await ctx.journal.aflush()
+        if blocked is not None and not opts.delete_destination:
+            return  # nothing to delete, and no blob may be called deleted at source
         prefix = ctx.dest.prefix
         candidates: list[StoredBlob] = []
         blobs_under_prefix = 0

@@ -52,7 +52,7 @@ def choose_block_bytes(
     if min_block_bytes <= 0:
         raise ValueError(f"min_block_bytes must be > 0, got {min_block_bytes}")
     floor_bytes = max(min_block_bytes, REGION_BYTES) if encrypt else min_block_bytes
-    block_bytes = 1 << (floor_bytes - 1).bit_length()  # smallest power of two >= floor_bytes
+    block_bytes = next_pow2(floor_bytes)
     # ceil(size / block) <= MAX_BLOCKS  <=>  size <= block * MAX_BLOCKS
     while size_bytes > block_bytes * MAX_BLOCKS_PER_BLOB:
         block_bytes <<= 1

@@ -16,7 +16,7 @@ from typing import Any
 
 from pyengine.crypto import content_key_from_metadata, encryption_metadata
 from pyengine.errors import PyEngineError
-from pyengine.options import CopyOptions
+from pyengine.options import RetryPolicy
 from pyengine.targets.azure_blob import BlobStore, parse_destination, resolve_credential
 from pyengine.targets.base import StoredBlob, Target
 
@@ -49,6 +49,14 @@ class RekeyReport:
         }
 
 
+async def rewrap_in_place(store: Target, props: StoredBlob, content_key: bytes, kek: Any) -> None:
+    """The same content key wrapped by ``kek``, written with Set Blob Metadata (If-Match: a blob
+    changed since ``props`` was read is left alone). No byte of content is sent."""
+    metadata = dict(props.metadata)
+    metadata["encryptiondata"] = encryption_metadata(content_key, kek)
+    await store.set_metadata(props.name, metadata, if_match=props.etag)
+
+
 async def rekey(
     dest: str,
     old_kek: Any,
@@ -63,9 +71,8 @@ async def rekey(
     destination = parse_destination(dest)
     credential = resolve_credential(destination, connection_string)
     report = RekeyReport(dry_run=dry_run)
-    slots = asyncio.Semaphore(concurrency)
 
-    retry = CopyOptions().retry
+    retry = RetryPolicy()
     async with BlobStore(
         destination, credential, retry=retry, max_connections=concurrency
     ) as blob_store:
@@ -87,11 +94,8 @@ async def rekey(
             if dry_run:
                 report.blobs_rewrapped += 1
                 return
-            metadata = dict(props.metadata)
-            metadata["encryptiondata"] = encryption_metadata(cek, new_kek)
             try:
-                async with slots:
-                    await store.set_metadata(props.name, metadata, if_match=props.etag)
+                await rewrap_in_place(store, props, cek, new_kek)
             except PyEngineError as e:
                 report.problems.append((props.name, e.reason))
                 return

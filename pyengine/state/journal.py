@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pyengine.errors import JournalError
+from pyengine.errors import ConfigError, JournalError
 from pyengine.state.group_commit import FILE_ID_RANGE
 from pyengine.state.journal_queries import PAGE_ROWS, JournalQueries
 from pyengine.state.records import (
@@ -78,6 +78,15 @@ class Journal(JournalQueries):
     """The job store. Open with :meth:`Journal.open`; use as a context manager or call close()."""
 
     # --- opening and closing ----------------------------------------------------------------
+
+    @classmethod
+    def open_existing(cls, path: str | os.PathLike[str] | None = None) -> Journal:
+        """Open the journal at path (None = the default) for a command that reads jobs: a
+        mistyped path is a one-line ConfigError, never a new empty journal."""
+        db_path = Path(path) if path is not None else default_journal_path()
+        if not db_path.is_file():
+            raise ConfigError(str(db_path), "no journal here (--journal PATH)")
+        return cls.open(db_path)
 
     @classmethod
     def open(

@@ -14,7 +14,7 @@ This module chooses the jobs and walks the blobs; the rest lives beside it:
 :mod:`~pyengine.state.verify_check` (the per-blob metadata check: size and digest),
 :mod:`~pyengine.state.verify_deep` (``deep``: every byte read back in ranged GETs under the
 memory cap, decrypted and re-hashed), :mod:`~pyengine.state.verify_report` (findings and the
-report) and :mod:`~pyengine.state.verify_cli` (the command's output). A bad blob never stops the
+report) and :mod:`pyengine.cli.verify` (the command's output). A bad blob never stops the
 run: each finding is one line.
 """
 
@@ -29,7 +29,6 @@ from pyengine.errors import ConfigError, DestinationError
 from pyengine.options import CopyOptions, RetryPolicy
 from pyengine.state.journal import FileRecord, JobInfo, Journal, default_journal_path
 from pyengine.state.verify_check import HEAD_CONCURRENCY, BlobChecker
-from pyengine.state.verify_cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, run_verify
 from pyengine.state.verify_deep import decrypt_regions
 from pyengine.state.verify_report import Finding, VerifyReport
 from pyengine.targets.azure_blob import (
@@ -230,12 +229,8 @@ async def verify(
 
 
 __all__ = [
-    "EXIT_FINDINGS",
-    "EXIT_OK",
-    "EXIT_USAGE",
     "Finding",
     "VerifyReport",
     "decrypt_regions",
-    "run_verify",
     "verify",
 ]

@@ -50,9 +50,6 @@ def redact(text: str) -> str:
     return text
 
 
-#: errors.py refers to the redactor by this name
-redact_url = redact
-
 # --------------------------------------------------------------------------------------------
 # Destinations
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 import base64
 import logging
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 from azure.core.exceptions import ClientAuthenticationError
@@ -36,7 +35,6 @@ from pyengine.targets.auth import (
     SharedKeyCredential,
     parse_destination,
     redact,
-    redact_url,
     resolve_credential,
     shared_key_signature,
 )
@@ -53,7 +51,12 @@ from pyengine.targets.wire import (
     _check_block_id,
     _TokenCache,
     _xml_error,
+    block_list_body,
+    commit_headers,
     crc64_header,
+    parse_blob_list,
+    parse_block_list,
+    props_from_headers,
 )
 
 log = logging.getLogger("pyengine")
@@ -89,8 +92,7 @@ class BlobStore:
             max_requests_per_s=max_requests_per_s,
             cap_bytes_per_s=cap_bytes_per_s,
         )
-        self.stats = BlobStats()
-        self._sync_stats()
+        self._stats = BlobStats()
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._sas: str | None = None
@@ -184,8 +186,8 @@ class BlobStore:
                 )
             elif self._token is not None:
                 hdrs["authorization"] = await self._token.header()
-            self.stats.requests += 1
-            self.stats.bytes_sent += size_bytes
+            self._stats.requests += 1
+            self._stats.bytes_sent += size_bytes
             async with self.pacer.stall_watch() as watch:
                 data = (
                     None
@@ -221,16 +223,15 @@ class BlobStore:
                 "no usable credential: give --connection-string, a SAS on the URL, "
                 "$AZURE_STORAGE_KEY, or sign in for azure-identity (az login, managed identity)",
             ) from None
-        finally:
-            self._sync_stats()
 
-    def _sync_stats(self) -> None:
-        pacer = self.pacer
-        self.stats.retries = pacer.retries
-        self.stats.throttled_s = pacer.throttled_s
-        self.stats.stalls = pacer.stalls
-        self.stats.concurrency_min = pacer.limit.lowest
-        self.stats.concurrency_max = pacer.limit.highest
+    @property
+    def stats(self) -> BlobStats:
+        """Requests and bytes sent, with the pacer's counters as of now (read when asked, not
+        copied on every request)."""
+        pacer, st = self.pacer, self._stats
+        st.retries, st.throttled_s, st.stalls = pacer.retries, pacer.throttled_s, pacer.stalls
+        st.concurrency_min, st.concurrency_max = pacer.limit.lowest, pacer.limit.highest
+        return st
 
     def _map_error(self, exc: RetryableHTTPError, subject: str, what: str) -> Exception:
         code = exc.headers.get("x-ms-error-code") or exc.message.split(" ", 1)[0]
@@ -293,38 +294,13 @@ class BlobStore:
             if marker:
                 query["marker"] = marker
             _, _, content = await self._request("GET", None, what="list blobs", query=query)
-            root = ET.fromstring(content)
-            for b in root.iter("Blob"):
-                name_el = b.find("Name")
-                name = (name_el.text or "") if name_el is not None else ""
-                if name_el is not None and name_el.get("Encoded") == "true":
-                    name = unquote(name)
-                props = b.find("Properties")
-                meta = b.find("Metadata")
-                yield BlobProps(
-                    name=name,
-                    size_bytes=int(props.findtext("Content-Length") or 0)
-                    if props is not None
-                    else 0,
-                    etag=(props.findtext("Etag") or "") if props is not None else "",
-                    metadata={m.tag: m.text or "" for m in meta} if meta is not None else {},
-                )
-            marker = root.findtext("NextMarker") or ""
+            blobs, marker = parse_blob_list(content)
+            for blob in blobs:
+                yield blob
             if not marker:
                 return
 
     # ---- data path ----------------------------------------------------------------------
-
-    @staticmethod
-    def _commit_headers(
-        metadata: Mapping[str, str], tier: str | None, tags: Mapping[str, str] | None
-    ) -> dict[str, str]:
-        h = {f"x-ms-meta-{k.lower()}": v for k, v in metadata.items()}
-        if tier:
-            h["x-ms-access-tier"] = tier
-        if tags:
-            h["x-ms-tags"] = urlencode(dict(tags), quote_via=quote, safe="")
-        return h
 
     async def put_blob(
         self,
@@ -337,7 +313,7 @@ class BlobStore:
         tags: Mapping[str, str] | None = None,
     ) -> str:
         """Put Blob (whole blob in one request); returns the ETag."""
-        headers = self._commit_headers(metadata, tier, tags)
+        headers = commit_headers(metadata, tier, tags)
         headers["x-ms-blob-type"] = "BlockBlob"
         headers["x-ms-content-crc64"] = crc64_header(crc64)
         _, h, _ = await self._request("PUT", name, what="put blob", headers=headers, body=data)
@@ -367,12 +343,8 @@ class BlobStore:
         tags: Mapping[str, str] | None = None,
     ) -> str:
         """Put Block List committing ``block_ids`` in order (each the latest version); ETag."""
-        for b in block_ids:
-            _check_block_id(b)
-        # base64 ids need no XML escaping
-        xml = "".join(f"<Latest>{b}</Latest>" for b in block_ids)
-        body = f'<?xml version="1.0" encoding="utf-8"?><BlockList>{xml}</BlockList>'.encode()
-        headers = self._commit_headers(metadata, tier, tags)
+        body = block_list_body(block_ids)
+        headers = commit_headers(metadata, tier, tags)
         headers["content-type"] = "application/xml"
         _, h, _ = await self._request(
             "PUT",
@@ -399,25 +371,14 @@ class BlobStore:
         )
         if status == 404:
             return []
-        root = ET.fromstring(content)
-        section = root.find("UncommittedBlocks" if uncommitted else "CommittedBlocks")
-        if section is None:
-            return []
-        return [(b.findtext("Name") or "", int(b.findtext("Size") or 0)) for b in section]
+        return parse_block_list(content, uncommitted=uncommitted)
 
     async def get_properties(self, name: str) -> BlobProps | None:
         """Get Blob Properties (HEAD); None if the blob does not exist."""
         status, h, _ = await self._request("HEAD", name, what="get properties", tolerate=(404,))
         if status == 404:
             return None
-        return BlobProps(
-            name=name,
-            size_bytes=int(h.get("Content-Length", "0")),
-            etag=h.get("ETag", ""),
-            metadata={
-                k[10:].lower(): v for k, v in h.items() if k.lower().startswith("x-ms-meta-")
-            },
-        )
+        return props_from_headers(name, h)
 
     async def download(self, name: str) -> bytes:
         """The whole blob (tests and verify)."""
@@ -453,7 +414,7 @@ class BlobStore:
     ) -> str:
         """Set Blob Metadata (replaces all of it; no byte of content is sent); returns the new
         ETag. With ``if_match`` a blob changed since it was read is left alone (HTTP 412)."""
-        headers = {f"x-ms-meta-{k.lower()}": v for k, v in metadata.items()}
+        headers = commit_headers(metadata)
         if if_match:
             headers["if-match"] = if_match  # lowercase: the SharedKey signer reads it so
         _, h, _ = await self._request(
@@ -476,7 +437,6 @@ __all__ = [
     "crc64_header",
     "parse_destination",
     "redact",
-    "redact_url",
     "resolve_credential",
     "shared_key_signature",
 ]

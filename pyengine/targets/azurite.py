@@ -15,12 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyengine.errors import ConfigError
+from pyengine.targets.auth import DEV_ACCOUNT_KEY, DEV_ACCOUNT_NAME
 
-#: Azurite's well-known development account: public, printed in Azurite's own README.
-DEV_ACCOUNT_NAME = "devstoreaccount1"
-DEV_ACCOUNT_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
 _LISTENING = re.compile(r"successfully listens on https?://[^:]+:(\d+)")
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -118,3 +114,6 @@ class Azurite:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+__all__ = ["DEV_ACCOUNT_KEY", "DEV_ACCOUNT_NAME", "Azurite", "azurite_blob_bin"]

@@ -9,8 +9,10 @@ import base64
 import logging
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, unquote, urlencode
 
 from aiohttp.payload import Payload
 
@@ -149,3 +151,69 @@ class _TokenCache:
             tok = await self.credential.get_token(STORAGE_SCOPE)
             self._token, self._expires_on = tok.token, float(tok.expires_on)
         return f"Bearer {self._token}"
+
+
+# --- request bodies and headers, response parsing (pure: no I/O) -------------------------------
+
+
+def commit_headers(
+    metadata: Mapping[str, str], tier: str | None = None, tags: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Headers carrying a blob's metadata, tier and index tags (Put Blob, Put Block List, Set
+    Blob Metadata): metadata names travel lowercased, as the service stores them."""
+    h = {f"x-ms-meta-{k.lower()}": v for k, v in metadata.items()}
+    if tier:
+        h["x-ms-access-tier"] = tier
+    if tags:
+        h["x-ms-tags"] = urlencode(dict(tags), quote_via=quote, safe="")
+    return h
+
+
+def block_list_body(block_ids: list[str]) -> bytes:
+    """The Put Block List body committing ``block_ids`` in order (each the latest version)."""
+    for b in block_ids:
+        _check_block_id(b)
+    xml = "".join(f"<Latest>{b}</Latest>" for b in block_ids)  # base64 needs no XML escaping
+    return f'<?xml version="1.0" encoding="utf-8"?><BlockList>{xml}</BlockList>'.encode()
+
+
+def parse_blob_list(content: bytes) -> tuple[list[BlobProps], str]:
+    """One List Blobs page: its blobs and the marker of the next page ("" for the last)."""
+    root = ET.fromstring(content)
+    blobs = []
+    for b in root.iter("Blob"):
+        name_el = b.find("Name")
+        name = (name_el.text or "") if name_el is not None else ""
+        if name_el is not None and name_el.get("Encoded") == "true":
+            name = unquote(name)
+        props = b.find("Properties")
+        meta = b.find("Metadata")
+        blobs.append(
+            BlobProps(
+                name=name,
+                size_bytes=int(props.findtext("Content-Length") or 0) if props is not None else 0,
+                etag=(props.findtext("Etag") or "") if props is not None else "",
+                metadata={m.tag: m.text or "" for m in meta} if meta is not None else {},
+            )
+        )
+    return blobs, root.findtext("NextMarker") or ""
+
+
+def parse_block_list(content: bytes, *, uncommitted: bool) -> list[tuple[str, int]]:
+    """(block id, size_bytes) of one section of a Get Block List answer."""
+    section = ET.fromstring(content).find("UncommittedBlocks" if uncommitted else "CommittedBlocks")
+    if section is None:
+        return []
+    return [(b.findtext("Name") or "", int(b.findtext("Size") or 0)) for b in section]
+
+
+def props_from_headers(name: str, headers: Mapping[str, str]) -> BlobProps:
+    """A Get Blob Properties (HEAD) answer as BlobProps."""
+    return BlobProps(
+        name=name,
+        size_bytes=int(headers.get("Content-Length", "0")),
+        etag=headers.get("ETag", ""),
+        metadata={
+            k[10:].lower(): v for k, v in headers.items() if k.lower().startswith("x-ms-meta-")
+        },
+    )

@@ -9,13 +9,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from peak_rss import run_cli_measured
 
 pytestmark = pytest.mark.integration
 
@@ -40,38 +38,7 @@ def _make_empty_files(root: Path, dirs: int, per_dir: int) -> None:
 
 def _run_measured(args: list[str]) -> tuple[int, str, float, int]:
     """(exit code, stderr, seconds, peak RSS bytes) of `pyengine ARGS`."""
-    start = time.monotonic()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "pyengine.cli", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "AZURE_STORAGE_CONNECTION_STRING": "", "COLUMNS": "200"},
-    )
-    assert child.stderr is not None
-    peak_bytes = 0
-    done = threading.Event()
-
-    def poll_hwm() -> None:
-        nonlocal peak_bytes
-        while not done.is_set():
-            try:
-                with open(f"/proc/{child.pid}/status") as f:
-                    for line in f:
-                        if line.startswith("VmHWM:"):  # monotonic: the last read is the peak
-                            peak_bytes = max(peak_bytes, int(line.split()[1]) * 1024)
-            except (FileNotFoundError, ProcessLookupError, ValueError):
-                return
-            time.sleep(0.01)
-
-    poller = threading.Thread(target=poll_hwm, daemon=True)
-    poller.start()
-    stderr = child.stderr.read()  # drained while it runs: a full pipe would block it
-    done.set()
-    child.wait()
-    poller.join()
-    elapsed_s = time.monotonic() - start
-    return child.returncode, stderr, elapsed_s, peak_bytes
+    return run_cli_measured(args, env={"COLUMNS": "200"})
 
 
 def _need_inodes(path: Path, n: int) -> None:

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import blake3
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from peak_rss import run_cli_measured
 from verify_helpers import (
     BIG,
     REGION,
@@ -179,38 +176,9 @@ def test_encrypted_deep_verify_without_kek_is_a_usage_error(encrypted, azurite) 
 
 
 def _peak_rss(args: list[str]) -> tuple[int, str, int]:
-    """(exit code, stdout, peak RSS bytes) of `pyengine ARGS`: the child's own VmHWM (as in
-    test_scale: not ru_maxrss, which counts the fork of this test process)."""
-    child = subprocess.Popen(
-        [sys.executable, "-m", "pyengine.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "AZURE_STORAGE_CONNECTION_STRING": ""},
-    )
-    assert child.stdout is not None
-    peak_bytes = 0
-    done = threading.Event()
-
-    def poll_hwm() -> None:
-        nonlocal peak_bytes
-        while not done.is_set():
-            try:
-                with open(f"/proc/{child.pid}/status") as f:
-                    for line in f:
-                        if line.startswith("VmHWM:"):  # monotonic: the last read is the peak
-                            peak_bytes = max(peak_bytes, int(line.split()[1]) * 1024)
-            except (FileNotFoundError, ProcessLookupError, ValueError):
-                return
-            time.sleep(0.01)
-
-    poller = threading.Thread(target=poll_hwm, daemon=True)
-    poller.start()
-    out = child.stdout.read()
-    done.set()
-    child.wait()
-    poller.join()
-    return child.returncode, out, peak_bytes
+    """(exit code, stdout, peak RSS bytes) of `pyengine ARGS`: the child's own VmHWM."""
+    rc, out, _, peak_bytes = run_cli_measured(args, merge_stderr=True)
+    return rc, out, peak_bytes
 
 
 #: --deep's peak RSS may exceed a metadata-only run's by the cap plus this much: the blake3 and
