@@ -1,5 +1,5 @@
 // pybind11 only: type conversion, the buffer protocol, GIL release and exception mapping.
-// Policy lives in Python (pyengine/upload.py); bytes never loop through Python.
+// Policy lives in Python (pyengine/engine/send.py); bytes never loop through Python.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -56,6 +56,7 @@ struct Chunk {
   uint64_t file_id, index, offset_bytes, plain_bytes, payload_bytes, crc64;
   py::bytes xxh3_128;
   py::object view;  // PooledView, or None once released
+  py::bytes head;
 };
 
 // The identity fields are what fstat said before the first read; the core checked after the last
@@ -67,6 +68,7 @@ struct FileDone {
   int64_t mtime_ns, ctime_ns;
   uint64_t inode, device, chunks;
   py::object blake3;
+  py::bytes head;
 };
 
 struct FileFailed {
@@ -79,13 +81,15 @@ py::object convert(Event& event) {
   if (auto* c = std::get_if<ChunkEvent>(&event)) {
     auto view = std::make_shared<PooledView>(PooledView{std::move(c->lease), c->payload_bytes});
     return py::cast(Chunk{c->file_id, c->index, c->offset_bytes, c->plain_bytes, c->payload_bytes,
-                          c->crc64, to_bytes(c->xxh3_128.data(), 16), py::cast(view)});
+                          c->crc64, to_bytes(c->xxh3_128.data(), 16), py::cast(view),
+                          py::bytes(c->head)});
   }
   if (auto* d = std::get_if<FileDoneEvent>(&event)) {
     py::object digest = d->blake3 ? py::object(to_bytes(d->blake3->data(), 32)) : py::none();
     const FileIdentity& id = d->identity;
     return py::cast(FileDone{d->file_id, d->path, d->size_bytes, id.size_bytes, id.mtime_ns,
-                             id.ctime_ns, id.inode, id.device, d->chunks, digest});
+                             id.ctime_ns, id.inode, id.device, d->chunks, digest,
+                             py::bytes(d->head)});
   }
   auto& f = std::get<FileFailedEvent>(event);
   return py::cast(FileFailed{f.file_id, f.path, failure_kind_name(f.kind), f.reason, f.errno_value});
@@ -187,6 +191,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("payload_bytes", &Chunk::payload_bytes)
       .def_readonly("xxh3_128", &Chunk::xxh3_128)
       .def_readonly("crc64", &Chunk::crc64)
+      .def_readonly("head", &Chunk::head)
       .def_property_readonly("data",
                              [](const Chunk& c) {
                                if (c.view.is_none()) throw py::value_error("chunk was released");
@@ -210,7 +215,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("inode", &FileDone::inode)
       .def_readonly("device", &FileDone::device)
       .def_readonly("chunks", &FileDone::chunks)
-      .def_readonly("blake3", &FileDone::blake3);
+      .def_readonly("blake3", &FileDone::blake3)
+      .def_readonly("head", &FileDone::head);
 
   py::class_<FileFailed>(m, "FileFailed")
       .def_readonly("file_id", &FileFailed::file_id)
@@ -241,7 +247,7 @@ PYBIND11_MODULE(_core, m) {
           "submit",
           [](Pipeline& p, uint64_t file_id, const std::string& path, uint64_t size_bytes,
              uint64_t chunk_bytes, uint64_t offset_bytes, int64_t length_bytes,
-             const std::optional<py::bytes>& content_key, unsigned stages) {
+             const std::optional<py::bytes>& content_key, unsigned stages, uint32_t head_bytes) {
             SubmitRequest r;
             r.file_id = file_id;
             r.path = path;
@@ -251,12 +257,14 @@ PYBIND11_MODULE(_core, m) {
             r.length_bytes = length_bytes;
             if (content_key) r.content_key = to_key(*content_key);
             r.stages = stages;
+            r.head_bytes = head_bytes;
             py::gil_scoped_release nogil;
             p.submit(std::move(r));
           },
           py::arg("file_id"), py::arg("path"), py::kw_only(), py::arg("size_bytes"),
           py::arg("chunk_bytes"), py::arg("offset_bytes") = 0, py::arg("length_bytes") = -1,
-          py::arg("content_key") = py::none(), py::arg("stages") = static_cast<unsigned>(kStageAll))
+          py::arg("content_key") = py::none(), py::arg("stages") = static_cast<unsigned>(kStageAll),
+          py::arg("head_bytes") = 0)
       .def("fileno", &Pipeline::fileno)
       .def(
           "poll",

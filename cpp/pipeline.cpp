@@ -29,6 +29,7 @@ struct Pipeline::FileJob {
   bool failed = false;
   std::unique_ptr<SourceFile> file;
   std::vector<Digest32> piece_cvs;  // one per chunk but the last (BLAKE3 assembly)
+  std::string head;                 // leading plaintext, set by the chunk at file offset 0
   std::unique_ptr<blake3_hasher> last_piece_state;
 };
 
@@ -168,9 +169,16 @@ void Pipeline::read_chunk(FileJob& job, uint64_t index, RegionCipher& cipher) {
   if (want_blake3) piece.emplace(offset);
   uint64_t crc = 0;
   const SourceFile& file = *job.file;
+  // Slices arrive in file order, so the head is the prefix of what this chunk reads; it is
+  // copied before encryption overwrites the slice in place.
+  std::string head;
+  const uint64_t head_end = offset == 0 ? std::min<uint64_t>(req.head_bytes, plain) : 0;
 
   auto plain_slice = [&](uint8_t* p, size_t n, uint64_t file_offset) {
     file.read_exact(p, n, file_offset);
+    if (file_offset < head_end)
+      head.append(reinterpret_cast<const char*>(p),
+                  static_cast<size_t>(std::min<uint64_t>(n, head_end - file_offset)));
     if (want_xxh3) xxh3.update(p, n);
     if (piece) piece->update(p, n);
   };
@@ -220,6 +228,10 @@ void Pipeline::read_chunk(FileJob& job, uint64_t index, RegionCipher& cipher) {
   ev.crc64 = crc;
   ev.lease = std::move(lease);
   std::lock_guard<std::mutex> lock(job.mu);
+  if (!head.empty()) {
+    job.head = head;
+    ev.head = std::move(head);
+  }
   if (!job.failed) push(std::move(ev));  // nothing of a failed file reaches Python after its failure
 }
 
@@ -234,6 +246,7 @@ void Pipeline::finish_file(FileJob& job) {
       done.size_bytes = job.range_bytes;
       done.identity = job.file->identity();
       done.chunks = job.chunks;
+      done.head = std::move(job.head);
       if (job.whole_file && (job.request.stages & kStageBlake3)) {
         if (job.chunks == 0) {
           done.blake3 = blake3(nullptr, 0);

@@ -42,6 +42,10 @@ struct SubmitRequest {
   int64_t length_bytes = -1;  // -1: to the end of the file
   std::optional<ContentKey> content_key;
   unsigned stages = kStageAll;
+  // Leading plaintext bytes to hand back (the first chunk's event and the file's done event
+  // carry them): file-type sniffing and DICOM headers read from the one read, never a second
+  // open, and in clear even when the chunk itself is encrypted.
+  uint32_t head_bytes = 0;
 };
 
 struct ChunkEvent {
@@ -53,6 +57,7 @@ struct ChunkEvent {
   Digest16 xxh3_128{};
   uint64_t crc64 = 0;
   std::unique_ptr<Lease> lease;
+  std::string head;  // the first head_bytes of plaintext: only on the chunk at file offset 0
 };
 
 struct FileDoneEvent {
@@ -62,6 +67,7 @@ struct FileDoneEvent {
   FileIdentity identity;
   uint64_t chunks = 0;
   std::optional<Digest32> blake3;
+  std::string head;  // as on the chunk at file offset 0 (empty when not asked or not read)
 };
 
 struct FileFailedEvent {
