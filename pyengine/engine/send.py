@@ -33,6 +33,9 @@ log = logging.getLogger("pyengine")
 
 #: reads of a file that keeps changing while it is read before it fails with CHANGED_REASON
 CHANGED_TRIES = 3
+#: leading plaintext bytes the core hands back with a file (content type, DICOM header): a
+#: DICOM header with its usual groups fits; a copy this size per file costs nothing measurable
+HEAD_BYTES = 64 * 1024
 CHANGED_REASON = "changed while being read"
 
 #: decide.py's answer for one read of a file (src, record, chunk_bytes, single_put, resume): the
@@ -323,6 +326,7 @@ class Sender:
             size_bytes=src.size_bytes,
             chunk_bytes=task.chunk_bytes,
             content_key=task.content_key,
+            head_bytes=HEAD_BYTES,
         )
         common = {
             "size_bytes": src.size_bytes,
@@ -359,7 +363,7 @@ class Sender:
         blocks 0..n-1, each with the metadata describing the bytes read. Returns the ETag."""
         ctx = self.ctx
         assert ctx.journal is not None and ctx.store is not None
-        opts, src, record, done = ctx.options, task.src, task.record, task.done
+        src, record, done = task.src, task.record, task.done
         # Size, mtime and ctime as the core saw them before its first read and again after its
         # last: the metadata describes exactly the bytes that were read.
         metadata = blob_metadata(
@@ -372,12 +376,18 @@ class Sender:
             encryptiondata=task.encryptiondata,
             content_key=task.content_key,
         )
-        tags = dict(opts.tags) or None
+        tier, tags, headers = self.blob_properties(task)
         if task.single_put:
             held = task.held
             if held is None:  # an empty file has no chunk
                 return await ctx.store.put_blob(
-                    record.blob_name, b"", crc64=0, metadata=metadata, tier=opts.tier, tags=tags
+                    record.blob_name,
+                    b"",
+                    crc64=0,
+                    metadata=metadata,
+                    tier=tier,
+                    tags=tags,
+                    headers=headers,
                 )
             with held:
                 etag = await ctx.store.put_blob(
@@ -385,8 +395,9 @@ class Sender:
                     held.data,
                     crc64=held.crc64,
                     metadata=metadata,
-                    tier=opts.tier,
+                    tier=tier,
                     tags=tags,
+                    headers=headers,
                 )
             ctx.emit("progress", path=src.rel_path, bytes=held.plain_bytes)
             return etag
@@ -399,5 +410,13 @@ class Sender:
         # every acknowledged block journaled (one fsync per multi-block file).
         await ctx.journal.aflush()
         return await ctx.store.put_block_list(
-            record.blob_name, ids, metadata=metadata, tier=opts.tier, tags=tags
+            record.blob_name, ids, metadata=metadata, tier=tier, tags=tags, headers=headers
         )
+
+    def blob_properties(
+        self, task: FileTask
+    ) -> tuple[str | None, dict[str, str] | None, dict[str, str]]:
+        """Tier, index tags and the other properties (as commit headers) one file's blob gets.
+        ``task.done.head`` holds the file's leading plaintext bytes (HEAD_BYTES) for sniffing."""
+        opts = self.ctx.options
+        return opts.tier, dict(opts.tags) or None, {}

@@ -311,9 +311,12 @@ class BlobStore:
         metadata: Mapping[str, str],
         tier: str | None = None,
         tags: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> str:
-        """Put Blob (whole blob in one request); returns the ETag."""
-        headers = commit_headers(metadata, tier, tags)
+        """Put Blob (whole blob in one request); returns the ETag. ``headers``: more blob
+        properties set by the commit (content type, immutability, legal hold)."""
+        extra, headers = headers, commit_headers(metadata, tier, tags)
+        headers.update(extra or {})
         headers["x-ms-blob-type"] = "BlockBlob"
         headers["x-ms-content-crc64"] = crc64_header(crc64)
         _, h, _ = await self._request("PUT", name, what="put blob", headers=headers, body=data)
@@ -341,10 +344,12 @@ class BlobStore:
         metadata: Mapping[str, str],
         tier: str | None = None,
         tags: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> str:
         """Put Block List committing ``block_ids`` in order (each the latest version); ETag."""
         body = block_list_body(block_ids)
-        headers = commit_headers(metadata, tier, tags)
+        extra, headers = headers, commit_headers(metadata, tier, tags)
+        headers.update(extra or {})
         headers["content-type"] = "application/xml"
         _, h, _ = await self._request(
             "PUT",

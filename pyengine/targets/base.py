@@ -68,8 +68,11 @@ class Target(Protocol):
         metadata: Mapping[str, str],
         tier: str | None = None,
         tags: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> str:
-        """Commit the staged blocks in this order, with metadata (Put Block List); the ETag."""
+        """Commit the staged blocks in this order, with metadata (Put Block List); the ETag.
+        ``headers``: more blob properties the commit sets (content type, immutability, legal
+        hold), as the service names them (x-ms-blob-content-type, ...)."""
         ...
 
     async def put_blob(
@@ -81,6 +84,7 @@ class Target(Protocol):
         metadata: Mapping[str, str],
         tier: str | None = None,
         tags: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> str:
         """Store a whole blob in one request (Put Blob); the ETag."""
         ...
