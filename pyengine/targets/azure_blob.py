@@ -38,6 +38,8 @@ from pyengine.targets.auth import (
     resolve_credential,
     shared_key_signature,
 )
+from pyengine.targets.base import ForeignBlocksError
+from pyengine.targets.discard import discard_uncommitted
 from pyengine.targets.pacer import (
     RETRY_EXCEPTIONS,
     Pacer,
@@ -235,6 +237,10 @@ class BlobStore:
 
     def _map_error(self, exc: RetryableHTTPError, subject: str, what: str) -> Exception:
         code = exc.headers.get("x-ms-error-code") or exc.message.split(" ", 1)[0]
+        if exc.status == 400 and code == "InvalidBlobOrBlock" and what == "put block":
+            return ForeignBlocksError(
+                subject, "uncommitted blocks of another tool (other block ID length) are staged"
+            )
         if exc.status in (401, 403) and code not in _NO_PERMISSION_CODES:
             return AuthError(
                 subject,
@@ -332,6 +338,11 @@ class BlobStore:
             headers={"x-ms-content-crc64": crc64_header(crc64)},
             body=data,
         )
+
+    async def discard_uncommitted(self, name: str) -> None:
+        """Discard the uncommitted blocks staged on blob ``name``, leaving what readers see as
+        it was (targets/discard.py says how); DestinationError when that cannot be done."""
+        await discard_uncommitted(self._request, name, self.dest.blob_url(name))
 
     async def put_block_list(
         self,
