@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -83,18 +84,62 @@ static std::vector<uint8_t> gcm_decrypt(const ContentKey& key, const uint8_t* fr
   return out;
 }
 
+// Every wait on the pipeline has a deadline: a lost completion must fail its check, not hang
+// the suite (CI kills a hung job only after its own timeout, with no line saying which test).
+// 20 s total is ~100 times the slowest drain measured here under the sanitizers.
+constexpr double kDrainBudgetS = 20.0;
+
+class Deadline {
+ public:
+  explicit Deadline(double budget_s)
+      : end_(std::chrono::steady_clock::now() +
+             std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                 std::chrono::duration<double>(budget_s))) {}
+  bool expired() const { return std::chrono::steady_clock::now() >= end_; }
+  // What is left, for one pipeline wait (never more than 1 s, so expiry is seen promptly).
+  double slice_s() const {
+    const double left =
+        std::chrono::duration<double>(end_ - std::chrono::steady_clock::now()).count();
+    return left < 0 ? 0 : (left < 1.0 ? left : 1.0);
+  }
+
+ private:
+  std::chrono::steady_clock::time_point end_;
+};
+
+// One wait for completions within the deadline; false (and a failed check) once it has passed.
+#define WAIT_OR_FAIL(pipeline, deadline)                                                    \
+  ([&]() {                                                                                  \
+    if ((deadline).expired()) {                                                             \
+      ++g_checks;                                                                           \
+      ++g_failures;                                                                         \
+      std::fprintf(stderr, "%s:%d: no completion before the deadline\n", __FILE__, __LINE__); \
+      return false;                                                                         \
+    }                                                                                       \
+    (pipeline).wait((deadline).slice_s());                                                  \
+    return true;                                                                            \
+  }())
+
 struct Collected {
   std::map<uint64_t, std::vector<uint8_t>> payloads;  // index -> payload
   std::map<uint64_t, Digest16> xxh3;
   std::map<uint64_t, uint64_t> crc;
   std::vector<FileDoneEvent> done;
   std::vector<FileFailedEvent> failed;
+  bool timed_out = false;  // the budget ran out before `files` files ended
 };
 
-static Collected drain(Pipeline& p, size_t files) {
+// Collects events until `files` files ended (done or failed) or `budget_s` passed; the caller
+// checks `timed_out` (drain itself fails nothing, so its own deadline can be tested).
+static Collected drain(Pipeline& p, size_t files, double budget_s = kDrainBudgetS) {
   Collected c;
+  const Deadline deadline(budget_s);
   while (c.done.size() + c.failed.size() < files) {
-    p.wait(5.0);
+    if (deadline.expired()) {
+      c.timed_out = true;
+      break;
+    }
+    p.wait(deadline.slice_s());
     for (Event& e : p.poll(64)) {
       if (auto* ch = std::get_if<ChunkEvent>(&e)) {
         c.payloads[ch->index].assign(ch->lease->data(), ch->lease->data() + ch->payload_bytes);
@@ -110,6 +155,29 @@ static Collected drain(Pipeline& p, size_t files) {
   return c;
 }
 
+// A drain waiting for a file that was never submitted returns at its deadline, timed out,
+// instead of waiting forever (the hang every loop here had before it had a deadline).
+static void test_drain_gives_up_at_its_deadline() {
+  auto data = pattern(1000);
+  std::string path = write_temp(data);
+  Pipeline p(1, 1 << 20, false);
+  SubmitRequest r;
+  r.path = path;
+  r.size_bytes = data.size();
+  r.chunk_bytes = 64 * 1024;
+  p.submit(r);
+  const auto start = std::chrono::steady_clock::now();
+  Collected c = drain(p, 2, 0.3);  // one file submitted, two awaited
+  const double took_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CHECK(c.timed_out);
+  CHECK(c.done.size() == 1);
+  CHECK(took_s >= 0.3 && took_s < 3.0);
+  Collected ok = drain(p, 0, 0.3);  // nothing awaited: returns at once, not timed out
+  CHECK(!ok.timed_out);
+  unlink(path.c_str());
+}
+
 static void test_pipeline_plain() {
   const size_t chunk = 64 * 1024;
   for (size_t n : {size_t(0), size_t(1), size_t(1024), chunk - 1, chunk, chunk + 1, 5 * chunk + 7,
@@ -123,6 +191,7 @@ static void test_pipeline_plain() {
     r.chunk_bytes = chunk;
     p.submit(r);
     Collected c = drain(p, 1);
+    CHECK(!c.timed_out);
     CHECK(c.failed.empty());
     CHECK(c.done.size() == 1 && c.done[0].blake3.has_value());
     if (!c.done.empty() && c.done[0].blake3) CHECK(*c.done[0].blake3 == blake3(data.data(), n));
@@ -153,6 +222,7 @@ static void test_pipeline_encrypted() {
   r.content_key = key;
   p.submit(r);
   Collected c = drain(p, 1);
+  CHECK(!c.timed_out);
   CHECK(c.failed.empty() && c.done.size() == 1);
   if (!c.done.empty()) CHECK(*c.done[0].blake3 == blake3(data.data(), n));
   size_t region = 0;
@@ -182,6 +252,7 @@ static void test_errors_and_backpressure() {
   missing.chunk_bytes = 64 * 1024;
   p.submit(missing);
   Collected c = drain(p, 1);
+  CHECK(!c.timed_out);
   CHECK(c.failed.size() == 1 && c.failed[0].kind == FailureKind::Missing);
 
   auto data = pattern(16 * 64 * 1024);
@@ -194,8 +265,9 @@ static void test_errors_and_backpressure() {
   p.submit(big);
   // Hold every chunk: the pool (4 chunks) fills and readers must wait, not allocate.
   std::vector<ChunkEvent> held;
+  const Deadline filled(kDrainBudgetS);
   while (held.size() < 4) {
-    p.wait(5.0);
+    if (!WAIT_OR_FAIL(p, filled)) break;
     for (Event& e : p.poll(64))
       if (auto* ch = std::get_if<ChunkEvent>(&e)) held.push_back(std::move(*ch));
   }
@@ -205,8 +277,9 @@ static void test_errors_and_backpressure() {
   held.clear();  // releasing lets the readers finish the file
   size_t chunks = 4;
   bool done = false;
+  const Deadline finished(kDrainBudgetS);
   while (!done) {
-    p.wait(5.0);
+    if (!WAIT_OR_FAIL(p, finished)) break;
     for (Event& e : p.poll(64)) {
       if (std::holds_alternative<ChunkEvent>(e)) ++chunks;
       if (std::holds_alternative<FileDoneEvent>(e)) done = true;
@@ -253,6 +326,7 @@ static void test_done_reports_identity_seen_at_open() {
   r.chunk_bytes = 64 * 1024;
   p.submit(r);
   Collected c = drain(p, 1);
+  CHECK(!c.timed_out);
   CHECK(c.failed.empty() && c.done.size() == 1);
   if (c.done.size() == 1) {
     const FileIdentity& id = c.done[0].identity;
@@ -278,8 +352,9 @@ static void test_rewrite_in_place_with_mtime_restored_is_changed() {
   r.chunk_bytes = chunk;
   p.submit(r);
   std::vector<ChunkEvent> held;
+  const Deadline first(kDrainBudgetS);
   while (held.empty()) {
-    p.wait(5.0);
+    if (!WAIT_OR_FAIL(p, first)) break;
     for (Event& e : p.poll(64))
       if (auto* ch = std::get_if<ChunkEvent>(&e)) held.push_back(std::move(*ch));
   }
@@ -288,8 +363,9 @@ static void test_rewrite_in_place_with_mtime_restored_is_changed() {
   held.clear();
   std::vector<FileFailedEvent> failed;
   size_t done = 0;
+  const Deadline ended(kDrainBudgetS);
   while (failed.empty() && done == 0) {
-    p.wait(5.0);
+    if (!WAIT_OR_FAIL(p, ended)) break;
     for (Event& e : p.poll(64)) {
       if (auto* f = std::get_if<FileFailedEvent>(&e)) failed.push_back(*f);
       if (std::holds_alternative<FileDoneEvent>(e)) ++done;
@@ -308,6 +384,7 @@ static void test_rewrite_in_place_with_mtime_restored_is_changed() {
 }
 
 int main() {
+  test_drain_gives_up_at_its_deadline();
   test_crc64();
   crc64_force_portable(true);
   test_crc64();

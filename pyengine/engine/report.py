@@ -17,6 +17,7 @@ EventKind = Literal[
     "file_copied",
     "file_skipped",
     "file_failed",
+    "foreign_blocks_discarded",  # another tool's staged blocks discarded; the file starts over
     "job_finished",
 ]
 
@@ -77,6 +78,9 @@ class CopyReport:
     files_resent_for_encryption: int = 0
     #: blobs whose content key was re-wrapped in place under this run's KEK (no bytes re-sent)
     files_rewrapped: int = 0
+    #: files whose blob held another tool's uncommitted blocks (e.g. an interrupted AzCopy),
+    #: discarded so the file could start over (each also a warning and an event)
+    foreign_blocks_discarded: int = 0
     manifest_path: str | None = None
     #: a dry run counts every planned file as skipped and sends nothing
     dry_run: bool = False

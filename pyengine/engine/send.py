@@ -28,6 +28,7 @@ from pyengine.errors import PyEngineError, SourceError
 from pyengine.options import MiB
 from pyengine.state.journal import FileRecord
 from pyengine.targets.auth import redact
+from pyengine.targets.base import ForeignBlocksError
 
 log = logging.getLogger("pyengine")
 
@@ -37,6 +38,11 @@ CHANGED_TRIES = 3
 #: DICOM header with its usual groups fits; a copy this size per file costs nothing measurable
 HEAD_BYTES = 64 * 1024
 CHANGED_REASON = "changed while being read"
+#: a Put Block refused for another writer's staged blocks again, after they were discarded
+FOREIGN_AGAIN_REASON = (
+    "uncommitted blocks of another tool were staged on the blob again after being discarded; "
+    "is another tool still writing it?"
+)
 
 #: decide.py's answer for one read of a file (src, record, chunk_bytes, single_put, resume): the
 #: task to send, or None when its staged blocks changed and it must be read as a new version
@@ -65,6 +71,8 @@ class Sender:
         self.tasks: dict[int, FileTask] = {}
         # the core's file ids are uint64: reads that send nothing use a range no journal id reaches
         self._aside_ids = iter(range(1 << 62, 1 << 63))
+        #: journal file ids whose Put Block met another writer's staged blocks (ForeignBlocksError)
+        self._foreign: set[int] = set()
 
     # --- the native pipeline's completions -------------------------------------------------
 
@@ -134,6 +142,11 @@ class Sender:
             try:
                 bid = block_id(task.record.upload_id, chunk.index)
                 await ctx.store.put_block(task.record.blob_name, bid, chunk.data, crc64=chunk.crc64)
+            except ForeignBlocksError as e:
+                self._foreign.add(task.record.file_id)  # _send_version answers "foreign"
+                if task.failure is None:
+                    task.failure = e.reason
+                return
             except PyEngineError as e:
                 if task.failure is None:
                     task.failure = e.reason
@@ -234,42 +247,73 @@ class Sender:
         content key, since a (key, nonce) pair must never cover two plaintexts. A file that
         changed during each of CHANGED_TRIES reads fails with one line, CHANGED_REASON.
         """
-        ctx = self.ctx
-        for attempt in range(1, CHANGED_TRIES + 1):
-            if attempt > 1:
+        changed_reads = 0
+        foreign_discarded = False
+        fresh = False  # read as a new file version: after a change, or after foreign blocks
+        while True:
+            if fresh:
                 again = self._new_version_to_read(src, record)
                 if isinstance(again, str):
-                    await ctx.outcome(
-                        src.rel_path,
-                        "failed",
-                        reason=again,
-                        size_bytes=src.size_bytes,
-                        mtime_ns=src.mtime_ns,
-                        blob=record.blob_name,
-                        record=record,
-                    )
+                    await self._failed(src, record, again)
                     return
                 src, record, chunk_bytes, single_put = again
             # only the first read resumes: a new version sends every block again
-            task = await prepare(src, record, chunk_bytes, single_put, attempt == 1)
-            if task is not None and not await self._send_version(task):
+            task = await prepare(src, record, chunk_bytes, single_put, not fresh)
+            then = "changed" if task is None else await self._send_version(task)
+            if then is None:
                 return
+            fresh = True
+            if then == "foreign":
+                if foreign_discarded:  # never a loop: once per file
+                    await self._failed(src, record, FOREIGN_AGAIN_REASON)
+                    return
+                foreign_discarded = True
+                problem = await self._discard_foreign(src, record)
+                if problem is not None:
+                    await self._failed(src, record, problem)
+                    return
+                continue
+            changed_reads += 1
             log.info(
                 "%s: %s (read %d of %d)",
                 display_path(src.rel_path),
                 CHANGED_REASON,
-                attempt,
+                changed_reads,
                 CHANGED_TRIES,
             )
-        await ctx.outcome(
+            if changed_reads >= CHANGED_TRIES:
+                await self._failed(src, record, CHANGED_REASON)
+                return
+
+    async def _failed(self, src: SourceFile, record: FileRecord, reason: str) -> None:
+        await self.ctx.outcome(
             src.rel_path,
             "failed",
-            reason=CHANGED_REASON,
+            reason=reason,
             size_bytes=src.size_bytes,
             mtime_ns=src.mtime_ns,
             blob=record.blob_name,
             record=record,
         )
+
+    async def _discard_foreign(self, src: SourceFile, record: FileRecord) -> str | None:
+        """Discards the blocks another tool staged on the file's blob, saying so once (a log
+        line, a `foreign_blocks_discarded` event, a report count); the one-line reason the file
+        fails when they cannot be discarded."""
+        ctx = self.ctx
+        assert ctx.store is not None
+        try:
+            await ctx.store.discard_uncommitted(record.blob_name)
+        except PyEngineError as e:
+            return e.reason
+        log.warning(
+            "%s: uncommitted blocks of another tool were staged on its blob: discarded them "
+            "and started the file over",
+            display_path(src.rel_path),
+        )
+        ctx.report.foreign_blocks_discarded += 1
+        ctx.emit("foreign_blocks_discarded", path=src.rel_path, blob=record.blob_name)
+        return None
 
     def _new_version_to_read(
         self, src: SourceFile, record: FileRecord
@@ -311,9 +355,10 @@ class Sender:
         fresh.encryptiondata = None
         return now, fresh, chunk_bytes, single_put
 
-    async def _send_version(self, task: FileTask) -> bool:
-        """One read of the file, sent and committed unless the file changed. True when it changed
-        (nothing committed, read it again); False when the outcome (copied or failed) is counted."""
+    async def _send_version(self, task: FileTask) -> str | None:
+        """One read of the file, sent and committed unless it cannot be yet: "changed" (nothing
+        committed, read it again), "foreign" (a Put Block met another tool's staged blocks:
+        discard them, then read it again); None when the outcome (copied or failed) is counted."""
         ctx = self.ctx
         assert ctx.journal is not None
         src, record = task.src, task.record
@@ -335,11 +380,14 @@ class Sender:
             "record": record,
         }
         if task.failure is not None:
+            if record.file_id in self._foreign:
+                self._foreign.discard(record.file_id)
+                return "foreign"
             if task.changed:
                 log.debug("%s: %s", display_path(src.rel_path), task.failure)
-                return True
+                return "changed"
             await ctx.outcome(src.rel_path, "failed", reason=task.failure, **common)
-            return False
+            return None
         done = task.done
         read = (done.file_size_bytes, done.mtime_ns, done.ctime_ns, done.inode, done.device)
         if read != record.identity:
@@ -348,7 +396,7 @@ class Sender:
             if task.held is not None:
                 task.held.release()
                 task.held = None
-            return True
+            return "changed"
         try:
             etag = await self.commit(task)
         finally:
@@ -356,7 +404,7 @@ class Sender:
                 task.held.release()
         blake3_hex = done.blake3.hex()
         await ctx.outcome(src.rel_path, "copied", etag=etag, blake3_hex=blake3_hex, **common)
-        return False
+        return None
 
     async def commit(self, task: FileTask) -> str:
         """Makes a fully read file visible: one Put Blob with its held chunk, or Put Block List of

@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -147,6 +148,22 @@ def parse_destination(url: str) -> Destination:
 class SharedKeyCredential:
     account_name: str
     account_key: str = field(repr=False)
+
+
+def sas_expiry(sas: str) -> datetime | None:
+    """The expiry (``se=``, ISO 8601 UTC: a date, or a time with or without fractions) of a SAS
+    query string; None when it has none or it does not parse. Not a secret: safe to show."""
+    for part in sas.lstrip("?").split("&"):
+        key, _, value = part.partition("=")
+        if key != "se":
+            continue
+        text = unquote(value).strip().replace("Z", "+00:00")
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return None
 
 
 @dataclass(frozen=True)

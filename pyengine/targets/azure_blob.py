@@ -17,6 +17,7 @@ import base64
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -36,8 +37,11 @@ from pyengine.targets.auth import (
     parse_destination,
     redact,
     resolve_credential,
+    sas_expiry,
     shared_key_signature,
 )
+from pyengine.targets.base import ForeignBlocksError
+from pyengine.targets.discard import discard_uncommitted
 from pyengine.targets.pacer import (
     RETRY_EXCEPTIONS,
     Pacer,
@@ -177,7 +181,7 @@ class BlobStore:
             base_headers.setdefault("content-type", "application/octet-stream")
         base_headers["content-length"] = str(size_bytes)
 
-        async def attempt() -> tuple[int, Mapping[str, str], bytes]:
+        async def send() -> tuple[aiohttp.ClientResponse, bytes, str | None]:
             hdrs = dict(base_headers)
             hdrs["x-ms-date"] = self._x_ms_date()
             if self._key is not None:
@@ -200,7 +204,15 @@ class BlobStore:
                     async for piece in resp.content.iter_any():
                         watch.touch()
                         parts.append(piece)
-                    content = b"".join(parts)
+            return resp, b"".join(parts), hdrs.get("authorization")
+
+        async def attempt() -> tuple[int, Mapping[str, str], bytes]:
+            resp, content, sent_auth = await send()
+            if resp.status == 401 and self._token is not None and sent_auth is not None:
+                # The service refused the token (expired early, revoked, clock skew): one new
+                # token and one more try; a second 401 is final (the pacer retries no 401).
+                await self._token.refresh(sent_auth)
+                resp, content, _ = await send()
             if resp.status in ok or resp.status in tolerate:
                 return resp.status, resp.headers, content
             code, message = _xml_error(content)
@@ -233,13 +245,25 @@ class BlobStore:
         st.concurrency_min, st.concurrency_max = pacer.limit.lowest, pacer.limit.highest
         return st
 
+    def _auth_error(self, subject: str, status: int, code: str) -> AuthError:
+        expiry = sas_expiry(self._sas) if self._sas else None
+        if expiry is not None and expiry <= datetime.now(UTC):
+            # the service says only "AuthenticationFailed": the SAS's own se= field says why
+            return AuthError(
+                subject, f"SAS token expired at {expiry:%Y-%m-%dT%H:%M:%SZ}; issue a new one"
+            )
+        return AuthError(
+            subject, f"authentication failed ({status} {code}): check the account key / SAS"
+        )
+
     def _map_error(self, exc: RetryableHTTPError, subject: str, what: str) -> Exception:
         code = exc.headers.get("x-ms-error-code") or exc.message.split(" ", 1)[0]
-        if exc.status in (401, 403) and code not in _NO_PERMISSION_CODES:
-            return AuthError(
-                subject,
-                f"authentication failed ({exc.status} {code}): check the account key / SAS",
+        if exc.status == 400 and code == "InvalidBlobOrBlock" and what == "put block":
+            return ForeignBlocksError(
+                subject, "uncommitted blocks of another tool (other block ID length) are staged"
             )
+        if exc.status in (401, 403) and code not in _NO_PERMISSION_CODES:
+            return self._auth_error(subject, exc.status, code)
         tail = "" if not exc.retryable else f" (after {exc.tries} tries in {exc.elapsed_s:.0f} s)"
         return DestinationError(subject, redact(f"{what}: HTTP {exc.status} {exc.message}{tail}"))
 
@@ -263,10 +287,7 @@ class BlobStore:
                 # A valid SAS without list permission (write-only): the container cannot be
                 # checked; the first write reports it if it is missing.
                 return
-            raise AuthError(
-                self.dest.container_url,
-                f"authentication failed (403 {code}): check the account key / SAS",
-            )
+            raise self._auth_error(self.dest.container_url, 403, code)
         if not create:
             raise ContainerNotFoundError(
                 self.dest.container_url, "container does not exist (use --create-container)"
@@ -335,6 +356,11 @@ class BlobStore:
             headers={"x-ms-content-crc64": crc64_header(crc64)},
             body=data,
         )
+
+    async def discard_uncommitted(self, name: str) -> None:
+        """Discard the uncommitted blocks staged on blob ``name``, leaving what readers see as
+        it was (targets/discard.py says how); DestinationError when that cannot be done."""
+        await discard_uncommitted(self._request, name, self.dest.blob_url(name))
 
     async def put_block_list(
         self,

@@ -15,6 +15,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
+from pyengine.errors import DestinationError
+
+
+class ForeignBlocksError(DestinationError):
+    """Put Block refused because another writer's uncommitted blocks (block IDs of another
+    length, e.g. AzCopy's 48 characters against our 52) are staged on the blob: the engine
+    discards them (`Target.discard_uncommitted`) and starts the file over, once."""
+
 
 class StoredBlob(Protocol):
     """One blob as the target reports it (Get Blob Properties, a List Blobs entry)."""
@@ -57,7 +65,13 @@ class Target(Protocol):
     async def put_block(
         self, name: str, block_id: str, data: bytes | memoryview, *, crc64: int
     ) -> None:
-        """Stage one block (Put Block): stored under `block_id`, not visible until a commit."""
+        """Stage one block (Put Block): stored under `block_id`, not visible until a commit.
+        ForeignBlocksError when another writer's staged blocks make the service refuse it."""
+        ...
+
+    async def discard_uncommitted(self, name: str) -> None:
+        """Drop the blocks staged on `name` by any writer, without changing its committed
+        content; raise DestinationError when that cannot be done."""
         ...
 
     async def put_block_list(
@@ -114,4 +128,4 @@ class Target(Protocol):
         ...
 
 
-__all__ = ["StoredBlob", "Target", "TargetStats"]
+__all__ = ["ForeignBlocksError", "StoredBlob", "Target", "TargetStats"]

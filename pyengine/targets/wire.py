@@ -5,6 +5,7 @@ and the properties and statistics the store hands back.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -141,16 +142,48 @@ _NO_PERMISSION_CODES = ("AuthorizationPermissionMismatch",)
 
 
 class _TokenCache:
-    def __init__(self, credential: Any) -> None:
+    """The Bearer token of a token credential (azure-identity), fetched again
+    TOKEN_REFRESH_MARGIN_S before it expires, so a job of any length never sends an expired one.
+
+    One fetch at a time: 64 requests reaching the refresh moment together wait for one
+    get_token (a burst of 64 token requests is what gets a managed-identity endpoint to
+    throttle). ``refresh(stale)`` replaces a token the service refused (401) once, however
+    many requests were refused with it."""
+
+    def __init__(
+        self, credential: Any, *, clock: Any = time.time, margin_s: float | None = None
+    ) -> None:
         self.credential = credential
         self._token: str | None = None
         self._expires_on = 0.0
+        self._clock = clock
+        self._margin_s = TOKEN_REFRESH_MARGIN_S if margin_s is None else margin_s
+        self._lock: asyncio.Lock | None = None  # made on first use, inside the running loop
+        #: get_token calls made (tests, and a log line when a refused token is replaced)
+        self.fetches = 0
+
+    def _fresh(self) -> bool:
+        return self._token is not None and self._expires_on - self._clock() >= self._margin_s
 
     async def header(self) -> str:
-        if self._token is None or self._expires_on - time.time() < TOKEN_REFRESH_MARGIN_S:
-            tok = await self.credential.get_token(STORAGE_SCOPE)
-            self._token, self._expires_on = tok.token, float(tok.expires_on)
+        if not self._fresh():
+            await self._fetch(lambda: not self._fresh())
         return f"Bearer {self._token}"
+
+    async def refresh(self, stale: str) -> None:
+        """After a 401 sent with ``stale`` (a header value): fetch a new token unless another
+        request already replaced it."""
+        await self._fetch(lambda: f"Bearer {self._token}" == stale)
+
+    async def _fetch(self, still_needed: Any) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if not still_needed():  # another request fetched one while this one waited
+                return
+            tok = await self.credential.get_token(STORAGE_SCOPE)
+            self.fetches += 1
+            self._token, self._expires_on = tok.token, float(tok.expires_on)
 
 
 # --- request bodies and headers, response parsing (pure: no I/O) -------------------------------

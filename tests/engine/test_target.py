@@ -34,6 +34,7 @@ def test_target_protocol_names_exactly_the_calls_the_engine_makes() -> None:
         "list_blobs",
         "delete_blob",
         "set_metadata",
+        "discard_uncommitted",
     }
     assert "stats" in Target.__annotations__
 

@@ -606,3 +606,135 @@ def test_sas_with_a_wrong_signature_is_an_auth_error_without_the_sas(
     with pytest.raises(AuthError, match="authentication failed") as info:
         run(go)
     assert "sig=" not in str(info.value)
+
+
+# --- Bearer tokens over a long job, and a token the service refuses ------------------------------
+
+
+class ExpiringTokens:
+    """A token credential whose tokens live ``lifetime_s`` of the given clock; get_token takes
+    ``fetch_s`` of real time, so callers arriving together overlap inside it."""
+
+    def __init__(self, clock: Callable[[], float], lifetime_s: float, fetch_s: float = 0.0) -> None:
+        self.clock, self.lifetime_s, self.fetch_s = clock, lifetime_s, fetch_s
+        self.calls = 0
+
+    async def get_token(self, *scopes: str) -> Any:
+        from azure.core.credentials import AccessToken
+
+        self.calls += 1
+        n = self.calls
+        if self.fetch_s:
+            await asyncio.sleep(self.fetch_s)
+        return AccessToken(f"tok{n}", int(self.clock() + self.lifetime_s))
+
+    async def close(self) -> None:
+        pass
+
+
+def test_token_cache_never_hands_out_a_token_within_the_margin_of_expiry_over_three_days() -> None:
+    from pyengine.targets.wire import _TokenCache
+
+    now = [1_000_000.0]
+    cred = ExpiringTokens(lambda: now[0], lifetime_s=3600)
+    cache = _TokenCache(cred, clock=lambda: now[0], margin_s=300)
+    expiry_of: dict[str, float] = {}
+
+    async def go() -> None:
+        for _ in range(3 * 24 * 60):  # one request a minute for three days
+            header = await cache.header()
+            token = header.removeprefix("Bearer ")
+            expiry_of.setdefault(token, now[0] + 3600)  # first seen just after its fetch
+            assert expiry_of[token] - now[0] >= 300, "a token this close to expiry was sent"
+            now[0] += 60
+
+    run(go)
+    # a fresh token every 55 minutes (3600 s life - 300 s margin), not one per request
+    assert 3 * 24 * 60 // 56 <= cred.calls <= 3 * 24 * 60 // 54 + 1
+
+
+def test_requests_reaching_token_expiry_together_cause_one_get_token() -> None:
+    from pyengine.targets.wire import _TokenCache
+
+    now = [0.0]
+    cred = ExpiringTokens(lambda: now[0], lifetime_s=3600, fetch_s=0.05)
+    cache = _TokenCache(cred, clock=lambda: now[0], margin_s=300)
+
+    async def go() -> set[str]:
+        await cache.header()
+        now[0] += 3400  # inside the margin: every request now wants a new token
+        return set(await asyncio.gather(*(cache.header() for _ in range(64))))
+
+    assert run(go) == {"Bearer tok2"}
+    assert cred.calls == 2
+
+
+def test_a_refused_token_is_replaced_once_however_many_requests_were_refused_with_it() -> None:
+    from pyengine.targets.wire import _TokenCache
+
+    cred = ExpiringTokens(time.time, lifetime_s=3600, fetch_s=0.05)
+    cache = _TokenCache(cred)
+
+    async def go() -> set[str]:
+        stale = await cache.header()
+        await asyncio.gather(*(cache.refresh(stale) for _ in range(64)))
+        return {await cache.header()}
+
+    assert run(go) == {"Bearer tok2"}
+    assert cred.calls == 2
+
+
+def test_a_401_on_a_bearer_token_gets_one_new_token_and_one_more_try() -> None:
+    refused = (401, {"x-ms-error-code": "InvalidAuthenticationInfo"})
+
+    async def go() -> tuple[Scripted, ExpiringTokens]:
+        cred = ExpiringTokens(time.time, lifetime_s=3600)
+        async with (
+            Scripted([refused]) as srv,
+            BlobStore(parse_destination(srv.url), cred, retry=FAST_RETRY) as store,
+        ):
+            await store.put_blob("x", b"abc", crc64=0, metadata={})
+        return srv, cred
+
+    srv, cred = run(go)
+    assert [r[2]["Authorization"] for r in srv.requests] == ["Bearer tok1", "Bearer tok2"]
+    assert srv.requests[1][3] == b"abc"  # the body sent again whole
+    assert cred.calls == 2
+
+
+def test_a_second_401_after_a_new_token_is_a_one_line_auth_error_not_a_loop() -> None:
+    refused = (401, {"x-ms-error-code": "InvalidAuthenticationInfo"})
+
+    async def go() -> None:
+        cred = ExpiringTokens(time.time, lifetime_s=3600)
+        async with (
+            Scripted([refused, refused, refused]) as srv,
+            BlobStore(parse_destination(srv.url), cred, retry=FAST_RETRY) as store,
+        ):
+            try:
+                await store.put_blob("x", b"abc", crc64=0, metadata={})
+            finally:
+                assert len(srv.requests) == 2 and cred.calls == 2
+
+    with pytest.raises(AuthError, match=r"authentication failed \(401 InvalidAuthenticationInfo\)"):
+        run(go)
+
+
+# --- SAS expiry ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sas", "expiry"),
+    [
+        ("sv=2021-08-06&se=2026-01-02T03%3A04%3A05Z&sp=rw&sig=x", "2026-01-02T03:04:05+00:00"),
+        ("se=2026-01-02T03:04:05.1234567Z", "2026-01-02T03:04:05.123456+00:00"),
+        ("?sp=r&se=2026-01-02", "2026-01-02T00:00:00+00:00"),
+        ("sp=r&sig=x", None),
+        ("se=not-a-time", None),
+    ],
+)
+def test_sas_expiry_reads_the_se_field(sas: str, expiry: str | None) -> None:
+    from pyengine.targets.auth import sas_expiry
+
+    got = sas_expiry(sas)
+    assert (got.isoformat() if got is not None else None) == expiry
