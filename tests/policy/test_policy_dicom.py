@@ -181,13 +181,14 @@ def test_rule_attributes_are_read_by_keyword_or_hex_tag():
     assert dict(info.attributes) == {"StationName": "CT-7", "00081040": "Radiology"}
 
 
-def test_pydicom_never_logs_a_bad_birth_date_while_the_head_is_read(caplog):
+def test_pydicom_logs_nothing_while_the_head_is_read(caplog):
+    # pydicom's validation messages may quote header values (a birth date among them)
     data = dicom_bytes(birth="1980XX01", StudyDescription="x" * 70)  # both invalid for pydicom
     caplog.clear()  # writing the file logged; reading it must not
     caplog.set_level(logging.DEBUG)
     info = read_dicom_head(data, attributes=["StudyDescription"], today=TODAY)
     assert info is not None and info.birth_date_status == "implausible"
-    assert "1980XX01" not in caplog.text
+    assert [r for r in caplog.records if r.name.startswith("pydicom")] == []
 
 
 def test_a_deflated_data_set_is_dicom_without_attributes():
