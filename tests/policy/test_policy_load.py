@@ -102,3 +102,12 @@ def test_dicom_rules_make_the_policy_need_dicom_and_name_the_attributes():
     )
     assert policy.needs_dicom_for_tenant
     assert policy.dicom_attributes == ("00091010", "InstitutionName")
+
+
+def test_the_readme_example_is_the_sample_policy():
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Migration policy", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    assert example == SAMPLE_POLICY_TOML
