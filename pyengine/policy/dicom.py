@@ -135,6 +135,19 @@ def _is_dicom(head: bytes) -> bool:
     return head[_MAGIC_OFFSET : _MAGIC_OFFSET + 4] == _MAGIC
 
 
+#: what pydicom raises on a corrupt element, reading or converting it
+_CONVERSION_ERRORS = (
+    ValueError,
+    KeyError,
+    EOFError,
+    NotImplementedError,
+    OverflowError,
+    TypeError,
+    IndexError,
+    struct.error,
+)
+
+
 def _elements(fp: io.BytesIO, end: int, **kwargs: Any) -> dict[int, Any]:
     """Raw elements from pydicom's element generator until it ends or the head runs out. A
     failure within an element header's reach of the end is the cut (the data simply stops
@@ -145,7 +158,7 @@ def _elements(fp: io.BytesIO, end: int, **kwargs: Any) -> dict[int, Any]:
     try:
         for elem in data_element_generator(fp, **kwargs):
             found[int(elem.tag)] = elem
-    except (ValueError, KeyError, EOFError, NotImplementedError, OverflowError, struct.error) as e:
+    except _CONVERSION_ERRORS as e:
         # a value skipped over (not a wanted tag) may leave the position past the end
         if fp.tell() < end - _MAX_HEADER_BYTES:
             # the exception text may quote values: only its type goes out
@@ -256,10 +269,14 @@ def read_dicom_head(
         raw = _read_raw(head, tags)
         if raw:
             ds = Dataset({tag: elem for tag, elem in raw.items() if _whole(elem)})
-            fixed = {name: _text(ds, tag) for name, tag in _FIXED_TAGS.items()}
-            birth_text = _text(ds, _BIRTH_DATE)
-            found = {key: _text(ds, tag) for key, tag in wanted.items()}
-            del ds, raw  # nothing identifying outlives this call
+            try:
+                fixed = {name: _text(ds, tag) for name, tag in _FIXED_TAGS.items()}
+                birth_text = _text(ds, _BIRTH_DATE)
+                found = {key: _text(ds, tag) for key, tag in wanted.items()}
+            except _CONVERSION_ERRORS as e:  # e.g. an unknown VR: the element is corrupt
+                raise PolicyError("DICOM header", f"malformed ({type(e).__name__})") from None
+            finally:
+                del ds, raw  # nothing identifying outlives this call
 
     today = today or datetime.date.today()
     study_date = parse_da(fixed["study_date"]) if fixed["study_date"] else None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -278,7 +277,3 @@ def tier_name(text: str) -> str | None:
         if tier.lower() == text.lower():
             return tier
     return None
-
-
-def names(tenants: Iterable[Tenant]) -> list[str]:
-    return [t.name for t in tenants]
