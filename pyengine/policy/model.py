@@ -51,12 +51,23 @@ class MatchRule:
             if info is None:  # not DICOM: a rule on DICOM attributes cannot hold
                 return False
             for key, pattern in self.dicom:
-                value = info.attributes.get(key)
+                value = info.attributes.get(key) or _fixed_attribute(info, key)
                 if value is None:
                     return False
                 if not glob_regex(pattern, ignore_case=True, segments=False).fullmatch(value):
                     return False
         return True
+
+
+def _fixed_attribute(info: DicomInfo, key: str) -> str | None:
+    """Attributes every DicomInfo carries, matched even when the caller did not ask for them."""
+    fixed = {
+        "Modality": info.modality,
+        "StudyInstanceUID": info.study_uid,
+        "SeriesInstanceUID": info.series_uid,
+        "SOPInstanceUID": info.sop_uid,
+    }
+    return fixed.get(key)
 
 
 @dataclass(frozen=True)

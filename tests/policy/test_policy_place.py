@@ -78,9 +78,12 @@ def test_dicom_attributes_route_files_case_insensitively(two):
 
 
 def test_all_conditions_of_one_match_rule_must_hold(two):
-    assert two.tenant_for("inbox/1.dcm", info(modality="MR", Modality="MR")).name == "south"
+    # Modality is a field of every DicomInfo: matched without being asked for as an attribute
+    assert two.tenant_for("inbox/1.dcm", info(modality="MR")).name == "south"
     with pytest.raises(PolicyError):
-        two.tenant_for("inbox/1.dcm", info(modality="CT", Modality="CT"))
+        two.tenant_for("inbox/1.dcm", info(modality="CT"))
+    with pytest.raises(PolicyError):
+        two.tenant_for("elsewhere/1.dcm", info(modality="MR"))
 
 
 def test_a_dicom_rule_never_matches_a_file_that_is_not_dicom(two):
