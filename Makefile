@@ -5,10 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 AZURITE := node_modules/.bin/azurite-blob
-APT_PACKAGES := build-essential cmake pkg-config libssl-dev libxxhash-dev librust-blake3-dev b3sum \
-	nginx-light
+# xxHash and BLAKE3 are vendored (third_party/); b3sum is the tests' reference for whole-file BLAKE3.
+APT_PACKAGES := build-essential cmake pkg-config libssl-dev b3sum nginx-light
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-NATIVE_SOURCES := $(wildcard cpp/*.cpp cpp/*.hpp cpp/*.c cpp/tests/*.cpp) CMakeLists.txt pyproject.toml
+NATIVE_SOURCES := $(wildcard cpp/*.cpp cpp/*.hpp cpp/*.c cpp/tests/*.cpp third_party/*/*) CMakeLists.txt \
+	pyproject.toml
 
 .PHONY: all deps setup test demo bench sanitize native-test lint clean
 
