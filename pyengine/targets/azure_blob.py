@@ -51,6 +51,7 @@ from pyengine.targets.wire import (
     _check_block_id,
     _TokenCache,
     _xml_error,
+    auth_failure_reason,
     block_list_body,
     commit_headers,
     crc64_header,
@@ -205,7 +206,9 @@ class BlobStore:
                 return resp.status, resp.headers, content
             code, message = _xml_error(content)
             code = resp.headers.get("x-ms-error-code") or code or ""
-            raise RetryableHTTPError(resp.status, resp.headers, f"{code} {message}".strip())
+            failure = RetryableHTTPError(resp.status, resp.headers, f"{code} {message}".strip())
+            failure.body = content  # type: ignore[attr-defined]  # 403 detail: auth_failure_reason
+            raise failure
 
         try:
             return await self.pacer.call(attempt, what=what)
@@ -236,10 +239,9 @@ class BlobStore:
     def _map_error(self, exc: RetryableHTTPError, subject: str, what: str) -> Exception:
         code = exc.headers.get("x-ms-error-code") or exc.message.split(" ", 1)[0]
         if exc.status in (401, 403) and code not in _NO_PERMISSION_CODES:
-            return AuthError(
-                subject,
-                f"authentication failed ({exc.status} {code}): check the account key / SAS",
-            )
+            body = getattr(exc, "body", b"")
+            reason = auth_failure_reason(exc.status, code, body, shared_key=self._key is not None)
+            return AuthError(subject, reason)
         tail = "" if not exc.retryable else f" (after {exc.tries} tries in {exc.elapsed_s:.0f} s)"
         return DestinationError(subject, redact(f"{what}: HTTP {exc.status} {exc.message}{tail}"))
 
@@ -263,10 +265,8 @@ class BlobStore:
                 # A valid SAS without list permission (write-only): the container cannot be
                 # checked; the first write reports it if it is missing.
                 return
-            raise AuthError(
-                self.dest.container_url,
-                f"authentication failed (403 {code}): check the account key / SAS",
-            )
+            reason = auth_failure_reason(403, code, content, shared_key=self._key is not None)
+            raise AuthError(self.dest.container_url, reason)
         if not create:
             raise ContainerNotFoundError(
                 self.dest.container_url, "container does not exist (use --create-container)"
