@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 KiB = 1024
 LETTERS_AND_DIGITS = re.compile(r"[A-Za-z0-9]+")
-#: a single-Put file, a multi-block one (block_bytes below) and an empty one
+#: a single-Put file, a multi-block one (1 MiB blocks over 1 MiB, below) and an empty one
 SIZES = {"a/one.dcm": 3 * KiB, "a/big.dcm": 5 * MiB // 2, "empty.bin": 0}
 
 
@@ -40,7 +40,9 @@ def copy(src: Path, dest: str, azurite: Any, journal: Path, **kw: Any) -> pyengi
     opts = CopyOptions(
         threads=2,
         memory_cap_bytes=32 * MiB,
-        block_bytes=1 * MiB,
+        # a file over 1 MiB takes the block path; encrypted blocks are whole 4 MiB regions
+        block_bytes=4 * MiB if kw.get("encrypt") else 1 * MiB,
+        single_put_max_bytes=1 * MiB,
         connection_string=azurite.connection_string,
         journal_path=str(journal),
         **kw,

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 KiB = 1024
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 START_TIMEOUT_S = 10.0
-#: a single-Put file, a multi-block one (block_bytes=1 MiB below) and an empty one
+#: a single-Put file, a multi-block one (1 MiB blocks over 1 MiB, below) and an empty one
 SIZES = {"study/img0001.dcm": 70 * KiB, "study/big.dcm": 5 * MiB // 2, "empty.dcm": 0}
 
 
@@ -137,7 +137,8 @@ def test_copy_through_nginx_with_default_header_handling_succeeds(
     opts = CopyOptions(
         threads=2,
         memory_cap_bytes=32 * MiB,
-        block_bytes=1 * MiB,
+        block_bytes=4 * MiB if encrypt else 1 * MiB,  # encrypted: whole 4 MiB regions
+        single_put_max_bytes=1 * MiB,
         encrypt=encrypt,
         kek=LocalKeyWrapper(key) if encrypt else None,
         connection_string=azurite.connection_string,
@@ -152,6 +153,8 @@ def test_copy_through_nginx_with_default_header_handling_succeeds(
         assert blake3.blake3(got).digest() == blake3.blake3(data).digest(), rel
         if encrypt:
             assert "encryptiondata" in blob.get_blob_properties().metadata
+        if len(data) > MiB:  # Put Block and Put Block List went through nginx too
+            assert len(blob.get_block_list("committed")[0]) == (1 if encrypt else 3), rel
 
 
 def test_underscore_metadata_through_nginx_is_reported_as_a_signature_mismatch(
