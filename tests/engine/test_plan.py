@@ -229,7 +229,7 @@ def test_sdk_writes_nothing_for_an_empty_encrypted_blob():
 # --- metadata ----------------------------------------------------------------------------------
 
 
-def test_blob_metadata_keys_are_csharp_identifiers():
+def test_blob_metadata_names_are_letters_and_digits_only():
     metadata = blob_metadata(
         size_bytes=5,
         mtime_ns=1_700_000_000_123_456_789,
