@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import blake3
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from .engine import metadata_names as _names
 from .errors import ConfigError
 
 KEY_BYTES = 32
@@ -172,8 +173,8 @@ def content_key_from_metadata(encryptiondata: str, kek: KeyEncryptionKey) -> byt
 #: BLAKE3 derive_key context for the key of an encrypted blob's stored digest. Fixed forever: blobs
 #: written under it are checked with it for their whole retention.
 DIGEST_KEY_CONTEXT = "pyengine 2026-11-26 encrypted blob plaintext digest v1"
-#: blob metadata name of that keyed digest (letters and digits only: proxies drop "_" headers)
-KEYED_DIGEST_METADATA = "pyenginekeyedblake3"
+#: blob metadata name of that keyed digest (the names live in pyengine.engine.metadata_names)
+KEYED_DIGEST_METADATA = _names.KEYED_BLAKE3
 
 
 def digest_key(content_key: bytes) -> bytes:

@@ -130,3 +130,12 @@ class CopyOptions:
     #: cap on request body bytes sent, in megabits per second like AzCopy's --cap-mbps (None: no
     #: cap); leaves the rest of a shared link to live traffic
     cap_mbps: float | None = None
+    #: Content-Type of every blob of the run; None: per file, application/dicom for DICOM Part
+    #: 10, else from the name's extension (pyengine.engine.content_type)
+    content_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.content_type is not None:  # it becomes a request header: refuse it up front
+            from pyengine.engine.content_type import check_content_type
+
+            check_content_type(self.content_type)

@@ -42,6 +42,15 @@ def _tag(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _content_type(text: str) -> str:
+    from pyengine.engine.content_type import check_content_type
+
+    try:
+        return check_content_type(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(e.reason) from None
+
+
 def _add_copy_flags(p: argparse.ArgumentParser) -> None:
     add_credential_flags(p)
     d = CopyOptions()
@@ -55,6 +64,13 @@ def _add_copy_flags(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="blob index tag (repeatable)",
+    )
+    p.add_argument(
+        "--content-type",
+        type=_content_type,
+        metavar="TYPE",
+        help="Content-Type of every blob (default: application/dicom for DICOM Part 10 files, "
+        "else from the file name's extension, else application/octet-stream)",
     )
     p.add_argument(
         "--include",
@@ -198,6 +214,7 @@ def _options_from(args: argparse.Namespace) -> CopyOptions:
         retry=RetryPolicy(max_elapsed_s=args.retry_window, stall_timeout_s=args.stall_timeout),
         max_requests_per_s=args.max_requests_per_s,
         cap_mbps=args.cap_mbps,
+        content_type=args.content_type,
     )
 
 

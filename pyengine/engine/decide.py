@@ -16,14 +16,15 @@ import logging
 from typing import Any
 
 from pyengine.crypto import (
-    KEYED_DIGEST_METADATA,
     content_key_from_metadata,
     encryption_metadata,
     keyed_digest_hex,
     new_content_key,
 )
+from pyengine.engine import metadata_names as mn
 from pyengine.engine.context import FileTask, JobContext
-from pyengine.engine.plan import CTIME_METADATA, block_id
+from pyengine.engine.metadata_names import meta_get
+from pyengine.engine.plan import block_id
 from pyengine.engine.rekey import rewrap_in_place
 from pyengine.engine.scan import SourceFile, display_path
 from pyengine.engine.send import Sender
@@ -87,17 +88,17 @@ class Decider:
         if props is None:
             return None
         md = props.metadata
-        plain_hex = md.get("pyengine_blake3")
-        keyed_hex = md.get(KEYED_DIGEST_METADATA)
+        plain_hex = meta_get(md, mn.BLAKE3)
+        keyed_hex = meta_get(md, mn.KEYED_BLAKE3)
         same_version = (
-            md.get("pyengine_size") == str(src.size_bytes)
-            and md.get("pyengine_mtime_ns") == str(src.mtime_ns)
-            and md.get(CTIME_METADATA) == str(src.ctime_ns)
+            meta_get(md, mn.SIZE) == str(src.size_bytes)
+            and meta_get(md, mn.MTIME_NS) == str(src.mtime_ns)
+            and meta_get(md, mn.CTIME_NS) == str(src.ctime_ns)
             and bool(plain_hex or keyed_hex)
         )
-        stored_encrypted = "encryptiondata" in md
-        ours = md.get("pyengine_upload_id") == record.upload_id or (
-            same_version and md.get("pyengine_job_id") == ctx.report.job_id
+        stored_encrypted = mn.ENCRYPTION_DATA in md
+        ours = meta_get(md, mn.UPLOAD_ID) == record.upload_id or (
+            same_version and meta_get(md, mn.JOB_ID) == ctx.report.job_id
         )
         if ours and stored_encrypted == opts.encrypt:  # a kill came between commit and journal
             if plain_hex is not None:
@@ -135,7 +136,7 @@ class Decider:
                 return None
         if opts.check == "metadata" and same_version:
             why = "unchanged (size, mtime, ctime and digest recorded at the destination)"
-        elif opts.check == "hash" and md.get("pyengine_size") == str(src.size_bytes):
+        elif opts.check == "hash" and meta_get(md, mn.SIZE) == str(src.size_bytes):
             digest = await self.sender.hash_file(src)
             if digest is None:
                 return None

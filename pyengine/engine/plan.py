@@ -11,7 +11,8 @@ import binascii
 import re
 import secrets
 
-from pyengine.crypto import KEYED_DIGEST_METADATA, keyed_digest_hex
+from pyengine.crypto import keyed_digest_hex
+from pyengine.engine import metadata_names as mn
 from pyengine.engine.scan import display_path
 from pyengine.errors import SourceError
 from pyengine.options import MAX_BLOCK_BYTES, MAX_BLOCKS_PER_BLOB, REGION_BYTES, MiB
@@ -22,8 +23,8 @@ REGION_OVERHEAD_BYTES = 12 + 16
 #: characters long" (Data Box: 880); "the number of path segments ... cannot exceed 254".
 MAX_BLOB_NAME_CHARS = 1024
 MAX_BLOB_NAME_SEGMENTS = 254
-#: blob metadata name of the source's ctime (letters and digits only)
-CTIME_METADATA = "pyenginectimens"
+#: blob metadata name of the source's ctime (pyengine.engine.metadata_names)
+CTIME_METADATA = mn.CTIME_NS
 #: block index width in a block ID: 50,000 blocks per blob fit in 6 digits
 BLOCK_INDEX_DIGITS = 6
 
@@ -244,33 +245,34 @@ def blob_metadata(
     content_key: bytes | None = None,
     ctime_ns: int | None = None,
 ) -> dict[str, str]:
-    """Blob metadata recording the source version a blob was made from.
+    """Blob metadata recording the source version a blob was made from; the names are
+    :mod:`pyengine.engine.metadata_names` (letters and digits only: proxies drop header names
+    holding ``_``, Azure rejects ``-``).
 
-    Keys are C# identifiers (Azure rejects metadata names with hyphens), hence ``pyengine_*``.
-    ``pyengine_size`` is the plaintext size. A plain blob carries ``pyengine_blake3``, the
-    plaintext BLAKE3 (= b3sum). An encrypted blob never carries the plaintext digest in clear
-    (whoever may read metadata could confirm a guess of the content): it carries
-    ``pyenginekeyedblake3`` (crypto.keyed_digest_hex under a key derived from ``content_key``)
-    and ``encryptiondata``, the CSE v2 JSON under the exact key the Azure SDKs read.
-    ``pyenginectimens`` is the source's ctime when it was read (the up-to-date check compares it:
-    an in-place rewrite can restore mtime, never ctime). ``pyengine_job_id`` lets a resumed job
-    recognise its own commit even when the journal lost the file's record.
+    ``SIZE`` is the plaintext size. A plain blob carries ``BLAKE3``, the plaintext BLAKE3
+    (= b3sum). An encrypted blob never carries the plaintext digest in clear (whoever may read
+    metadata could confirm a guess of the content): it carries ``KEYED_BLAKE3``
+    (crypto.keyed_digest_hex under a key derived from ``content_key``) and ``encryptiondata``,
+    the CSE v2 JSON under the exact key the Azure SDKs read. ``CTIME_NS`` is the source's ctime
+    when it was read (the up-to-date check compares it: an in-place rewrite can restore mtime,
+    never ctime). ``JOB_ID`` lets a resumed job recognise its own commit even when the journal
+    lost the file's record.
     """
     metadata = {
-        "pyengine_size": str(size_bytes),
-        "pyengine_mtime_ns": str(mtime_ns),
-        "pyengine_upload_id": upload_id,
+        mn.SIZE: str(size_bytes),
+        mn.MTIME_NS: str(mtime_ns),
+        mn.UPLOAD_ID: upload_id,
     }
     if encryptiondata is None:
-        metadata["pyengine_blake3"] = blake3_hex
+        metadata[mn.BLAKE3] = blake3_hex
     else:
         if content_key is None:
             raise ValueError("an encrypted blob's metadata needs its content key (keyed digest)")
-        metadata[KEYED_DIGEST_METADATA] = keyed_digest_hex(content_key, blake3_hex)
+        metadata[mn.KEYED_BLAKE3] = keyed_digest_hex(content_key, blake3_hex)
     if ctime_ns is not None:
-        metadata[CTIME_METADATA] = str(ctime_ns)
+        metadata[mn.CTIME_NS] = str(ctime_ns)
     if job_id is not None:
-        metadata["pyengine_job_id"] = job_id
+        metadata[mn.JOB_ID] = job_id
     if encryptiondata is not None:
-        metadata["encryptiondata"] = encryptiondata
+        metadata[mn.ENCRYPTION_DATA] = encryptiondata
     return metadata

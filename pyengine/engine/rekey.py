@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyengine.crypto import content_key_from_metadata, encryption_metadata
+from pyengine.engine.metadata_names import ENCRYPTION_DATA, renamed
 from pyengine.errors import PyEngineError
 from pyengine.options import RetryPolicy
 from pyengine.targets.azure_blob import BlobStore, parse_destination, resolve_credential
@@ -51,9 +52,11 @@ class RekeyReport:
 
 async def rewrap_in_place(store: Target, props: StoredBlob, content_key: bytes, kek: Any) -> None:
     """The same content key wrapped by ``kek``, written with Set Blob Metadata (If-Match: a blob
-    changed since ``props`` was read is left alone). No byte of content is sent."""
-    metadata = dict(props.metadata)
-    metadata["encryptiondata"] = encryption_metadata(content_key, kek)
+    changed since ``props`` was read is left alone). No byte of content is sent. Set Blob
+    Metadata replaces the whole set: a blob written under the old ``pyengine_*`` names moves to
+    the letter-and-digit ones, which pass through proxies (metadata_names)."""
+    metadata = renamed(props.metadata)
+    metadata[ENCRYPTION_DATA] = encryption_metadata(content_key, kek)
     await store.set_metadata(props.name, metadata, if_match=props.etag)
 
 
@@ -80,7 +83,7 @@ async def rekey(
         await store.ensure_container(create=False)
 
         async def one(props: StoredBlob) -> None:
-            encryptiondata = props.metadata.get("encryptiondata")
+            encryptiondata = props.metadata.get(ENCRYPTION_DATA)
             if not encryptiondata:
                 report.blobs_plain += 1
                 return

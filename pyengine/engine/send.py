@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pyengine import _core
+from pyengine.engine.content_type import content_type_for
 from pyengine.engine.context import FileTask, JobContext
 from pyengine.engine.plan import blob_metadata, block_id, next_pow2, read_plan
 from pyengine.engine.scan import ScanProblem, SourceFile, display_path, restat
@@ -467,4 +468,7 @@ class Sender:
         """Tier, index tags and the other properties (as commit headers) one file's blob gets.
         ``task.done.head`` holds the file's leading plaintext bytes (HEAD_BYTES) for sniffing."""
         opts = self.ctx.options
-        return opts.tier, dict(opts.tags) or None, {}
+        # Put Blob and Put Block List both take x-ms-blob-content-type; an encrypted blob gets
+        # its plaintext's type (content_type.py says why)
+        content_type = content_type_for(task.done.head or b"", task.src.rel_path, opts.content_type)
+        return opts.tier, dict(opts.tags) or None, {"x-ms-blob-content-type": content_type}

@@ -10,7 +10,7 @@ is allowed: the blocks it acknowledged are sent again on resume (their block IDs
 the service just replaces them), and a file whose state change was lost is redone from its last
 flushed state. Of the file calls only :meth:`Journal.mark_committing` flushes before it returns
 (by default), because the uploader must find "committing" on resume for every file whose Put Block
-List may have reached the service: it then checks the blob's ``pyengine_upload_id`` metadata
+List may have reached the service: it then checks the blob's ``pyengineuploadid`` metadata
 instead of committing again. Job rows (create_job, finish_job) are written durably at once.
 A flush that fails (disk full) raises JournalError and its batch is gone; the journal then refuses
 every later write with the same error (a lost "committing" must never be followed by more state):

@@ -24,6 +24,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from pyengine.engine.metadata_names import JOB_ID, meta_get
 from pyengine.engine.scan import display_path
 from pyengine.errors import ConfigError, DestinationError
 from pyengine.options import CopyOptions, RetryPolicy
@@ -140,7 +141,7 @@ async def _check_dest(checker: BlobChecker, dest: Destination, job_ids: list[str
 
 
 def _unknown(report: VerifyReport, props: BlobProps, job_ids: set[str]) -> None:
-    writer = {k.lower(): v for k, v in props.metadata.items()}.get("pyengine_job_id")
+    writer = meta_get({k.lower(): v for k, v in props.metadata.items()}, JOB_ID)
     if writer in job_ids:
         reason = f"written by job {writer}, never journaled as committed (resume that job)"
     elif writer:

@@ -4,11 +4,12 @@ concurrency, the first error that stops the run, blobs missing on purpose).
 
 The metadata check: the blob's size is the plaintext size, or the CSE v2 size
 (:func:`pyengine.engine.plan.encrypted_bytes`) when encrypted; and its digest matches the
-journaled plaintext BLAKE3. A plain blob carries ``pyengine_blake3`` (the plaintext BLAKE3); an
+journaled plaintext BLAKE3. A plain blob carries ``pyengineblake3`` (the plaintext BLAKE3); an
 encrypted one carries ``pyenginekeyedblake3`` (:func:`pyengine.crypto.keyed_digest_hex` under its
 content key), checkable only with the KEK; an encrypted blob written before keyed digests
-carries ``pyengine_blake3`` and is checked like a plain one. Without a KEK an encrypted blob's
-keyed digest is counted as not checked.
+carries ``pyengineblake3`` and is checked like a plain one. Blobs written before issue 16 carry
+``pyengine_blake3`` instead, read through :func:`~pyengine.engine.metadata_names.meta_get`.
+Without a KEK an encrypted blob's keyed digest is counted as not checked.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pyengine.crypto import KEYED_DIGEST_METADATA, content_key_from_metadata, keyed_digest_hex
+from pyengine.crypto import content_key_from_metadata, keyed_digest_hex
+from pyengine.engine import metadata_names as mn
+from pyengine.engine.metadata_names import meta_get
 from pyengine.engine.plan import encrypted_bytes
 from pyengine.errors import AuthError, DestinationError, PyEngineError
 from pyengine.state.journal import Journal
@@ -33,8 +36,8 @@ from pyengine.targets.azure_blob import BlobProps, BlobStore, Destination
 #: Get Blob Properties requests in flight for `verify JOB` (a round trip each, no payload)
 HEAD_CONCURRENCY = 32
 #: metadata name of a plain blob's plaintext BLAKE3 (and of encrypted blobs written before keyed
-#: digests)
-PLAIN_DIGEST_METADATA = "pyengine_blake3"
+#: digests); read with meta_get, which falls back to the old ``pyengine_blake3``
+PLAIN_DIGEST_METADATA = mn.BLAKE3
 
 
 def check_metadata(record: FileRecord, props: BlobProps, kek: Any) -> tuple[bytes | None, bool]:
@@ -52,7 +55,7 @@ def check_metadata(record: FileRecord, props: BlobProps, kek: Any) -> tuple[byte
     metadata = props.metadata
     content_key = None
     if record.encrypted:
-        encryptiondata = metadata.get("encryptiondata")
+        encryptiondata = metadata.get(mn.ENCRYPTION_DATA)
         if not encryptiondata:
             raise BadBlob("damaged", "encrypted in the journal, but the blob has no encryptiondata")
         if kek is not None:
@@ -61,7 +64,7 @@ def check_metadata(record: FileRecord, props: BlobProps, kek: Any) -> tuple[byte
                 raise BadBlob(
                     "damaged", "cannot decrypt: this KEK does not unwrap the blob's content key"
                 )
-        keyed_hex = metadata.get(KEYED_DIGEST_METADATA)
+        keyed_hex = meta_get(metadata, mn.KEYED_BLAKE3)
         if keyed_hex is not None:
             if content_key is None:
                 return None, False  # existence and size only: the keyed digest needs the KEK
@@ -69,13 +72,13 @@ def check_metadata(record: FileRecord, props: BlobProps, kek: Any) -> tuple[byte
                 raise BadBlob("damaged", "keyed BLAKE3 in metadata does not match the journal's")
             return content_key, True
         # written before keyed digests: the plaintext BLAKE3 in clear (no digest is printed)
-        plain_hex = metadata.get(PLAIN_DIGEST_METADATA)
+        plain_hex = meta_get(metadata, PLAIN_DIGEST_METADATA)
         if not plain_hex:
             raise BadBlob("damaged", "no BLAKE3 (keyed or plain) in the blob's metadata")
         if plain_hex != want_hex:
             raise BadBlob("damaged", "metadata BLAKE3 does not match the journal's")
         return content_key, True
-    plain_hex = metadata.get(PLAIN_DIGEST_METADATA)
+    plain_hex = meta_get(metadata, PLAIN_DIGEST_METADATA)
     if not plain_hex:
         raise BadBlob("damaged", "no BLAKE3 in the blob's metadata")
     if plain_hex != want_hex:

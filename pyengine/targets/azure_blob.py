@@ -55,6 +55,7 @@ from pyengine.targets.wire import (
     _check_block_id,
     _TokenCache,
     _xml_error,
+    auth_failure_reason,
     block_list_body,
     commit_headers,
     crc64_header,
@@ -217,7 +218,9 @@ class BlobStore:
                 return resp.status, resp.headers, content
             code, message = _xml_error(content)
             code = resp.headers.get("x-ms-error-code") or code or ""
-            raise RetryableHTTPError(resp.status, resp.headers, f"{code} {message}".strip())
+            failure = RetryableHTTPError(resp.status, resp.headers, f"{code} {message}".strip())
+            failure.body = content  # type: ignore[attr-defined]  # 403 detail: auth_failure_reason
+            raise failure
 
         try:
             return await self.pacer.call(attempt, what=what)
@@ -245,16 +248,15 @@ class BlobStore:
         st.concurrency_min, st.concurrency_max = pacer.limit.lowest, pacer.limit.highest
         return st
 
-    def _auth_error(self, subject: str, status: int, code: str) -> AuthError:
+    def _auth_error(self, subject: str, status: int, code: str, body: bytes) -> AuthError:
         expiry = sas_expiry(self._sas) if self._sas else None
         if expiry is not None and expiry <= datetime.now(UTC):
             # the service says only "AuthenticationFailed": the SAS's own se= field says why
             return AuthError(
                 subject, f"SAS token expired at {expiry:%Y-%m-%dT%H:%M:%SZ}; issue a new one"
             )
-        return AuthError(
-            subject, f"authentication failed ({status} {code}): check the account key / SAS"
-        )
+        reason = auth_failure_reason(status, code, body, shared_key=self._key is not None)
+        return AuthError(subject, reason)
 
     def _map_error(self, exc: RetryableHTTPError, subject: str, what: str) -> Exception:
         code = exc.headers.get("x-ms-error-code") or exc.message.split(" ", 1)[0]
@@ -263,7 +265,7 @@ class BlobStore:
                 subject, "uncommitted blocks of another tool (other block ID length) are staged"
             )
         if exc.status in (401, 403) and code not in _NO_PERMISSION_CODES:
-            return self._auth_error(subject, exc.status, code)
+            return self._auth_error(subject, exc.status, code, getattr(exc, "body", b""))
         tail = "" if not exc.retryable else f" (after {exc.tries} tries in {exc.elapsed_s:.0f} s)"
         return DestinationError(subject, redact(f"{what}: HTTP {exc.status} {exc.message}{tail}"))
 
@@ -287,7 +289,7 @@ class BlobStore:
                 # A valid SAS without list permission (write-only): the container cannot be
                 # checked; the first write reports it if it is missing.
                 return
-            raise self._auth_error(self.dest.container_url, 403, code)
+            raise self._auth_error(self.dest.container_url, 403, code, content)
         if not create:
             raise ContainerNotFoundError(
                 self.dest.container_url, "container does not exist (use --create-container)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 import xml.etree.ElementTree as ET
@@ -139,6 +140,35 @@ def _xml_error(body: bytes) -> tuple[str | None, str]:
 #: 403 code meaning "authenticated, but this SAS/role lacks the permission". Not
 #: AuthorizationFailure: Azurite answers a wrong SharedKey signature with it.
 _NO_PERMISSION_CODES = ("AuthorizationPermissionMismatch",)
+
+#: Azure's AuthenticationErrorDetail when the SharedKey signature it computed differs from the
+#: request's: "The MAC signature found in the HTTP request '<sig>' is not the same as any
+#: computed signature. Server used following string to sign: '<string>'."
+_MAC_MISMATCH = "is not the same as any computed signature"
+#: Azurite's answer to a wrong SharedKey signature: this code, with no detail element
+_AZURITE_SIGNATURE_CODE = "AuthorizationFailure"
+SIGNATURE_MISMATCH_REASON = (
+    "signature mismatch ({status} {code}): the service computed a different signature; "
+    "a proxy or gateway between pyengine and the service may have altered or dropped headers "
+    "(nginx drops header names holding '_' by default), or the account key is wrong"
+)
+
+
+def auth_failure_reason(status: int, code: str, body: bytes, *, shared_key: bool) -> str:
+    """The one-line reason of a 401/403 that is not a missing permission.
+
+    A SharedKey signature covers the request's x-ms-* headers as sent; a proxy that drops or
+    rewrites one (nginx drops names holding ``_`` unless ``underscores_in_headers on``) makes
+    the service compute another signature, which reads as a wrong key unless said. Azure names it
+    in AuthenticationErrorDetail; Azurite only answers AuthorizationFailure, which for a SharedKey
+    request means the same. The detail is never echoed: its string-to-sign holds metadata values
+    (and paths)."""
+    detail = ""
+    with contextlib.suppress(ET.ParseError):
+        detail = ET.fromstring(body).findtext("AuthenticationErrorDetail") or "" if body else ""
+    if _MAC_MISMATCH in detail or (shared_key and code == _AZURITE_SIGNATURE_CODE):
+        return SIGNATURE_MISMATCH_REASON.format(status=status, code=code)
+    return f"authentication failed ({status} {code}): check the account key / SAS"
 
 
 class _TokenCache:

@@ -55,9 +55,9 @@ def test_copy_with_block_size_4_exits_0_and_every_blob_equals_its_source(
             got = bc.download_blob().readall()
             metadata = bc.get_blob_properties().metadata
             assert blake3.blake3(got).hexdigest() == blake3.blake3(data).hexdigest(), rel
-            assert metadata["pyengine_blake3"] == blake3.blake3(data).hexdigest(), rel
-            assert metadata["pyengine_size"] == str(len(data)), rel
-            assert metadata["pyengine_mtime_ns"] == str((src / rel).stat().st_mtime_ns), rel
+            assert metadata["pyengineblake3"] == blake3.blake3(data).hexdigest(), rel
+            assert metadata["pyenginesize"] == str(len(data)), rel
+            assert metadata["pyenginemtimens"] == str((src / rel).stat().st_mtime_ns), rel
         blocks = cc.get_blob_client("pre/a/b/8m+1").get_block_list("committed")[0]
     assert [b.size for b in blocks] == [4 * MiB, 4 * MiB, 1]
 

@@ -110,12 +110,12 @@ def test_rewrite_during_copy_commits_the_new_bytes_read_again_from_scratch(
     final = rewritten[0]
     # what was read: the metadata carries the ctime the core saw, not the scan's
     assert metadata[CTIME_METADATA] == str(final.st_ctime_ns)
-    assert metadata["pyengine_mtime_ns"] == str(final.st_mtime_ns)
+    assert metadata["pyenginemtimens"] == str(final.st_mtime_ns)
     with Journal.open(opts.journal_path) as journal:
         record = journal.file_record(report.job_id, "series.dcm")
     assert record is not None and record.state == "committed"
     assert record.ctime_ns == final.st_ctime_ns
-    assert metadata["pyengine_upload_id"] == record.upload_id
+    assert metadata["pyengineuploadid"] == record.upload_id
     if encrypt:
         # the second read ran under a new content key: no (key, nonce) pair covers two texts
         assert len(keys) == 2 and keys[0] != keys[1]

@@ -99,9 +99,9 @@ def assert_blobs_match_sources(
         expected_b3 = blake3.blake3(data).hexdigest()
         assert len(got) == len(data), rel
         assert blake3.blake3(got).hexdigest() == expected_b3, rel
-        assert metadata["pyengine_blake3"] == expected_b3, rel
-        assert metadata["pyengine_size"] == str(len(data)), rel
-        assert metadata["pyengine_mtime_ns"] == str(os.stat(src / rel).st_mtime_ns), rel
+        assert metadata["pyengineblake3"] == expected_b3, rel
+        assert metadata["pyenginesize"] == str(len(data)), rel
+        assert metadata["pyenginemtimens"] == str(os.stat(src / rel).st_mtime_ns), rel
 
 
 # ------------------------------------------------------------------------------------------
@@ -223,9 +223,9 @@ def test_encrypted_blobs_decrypt_with_the_official_sdk(
             metadata = bc.get_blob_properties().metadata
         assert got == data, rel
         # metadata describes the plaintext
-        assert metadata["pyengine_size"] == str(len(data))
+        assert metadata["pyenginesize"] == str(len(data))
         # the plaintext digest is keyed: only a holder of the content key can check it
-        assert "pyengine_blake3" not in metadata
+        assert "pyengineblake3" not in metadata
         cek = content_key_from_metadata(metadata["encryptiondata"], LocalKeyWrapper(key))
         assert cek is not None
         want = keyed_digest_hex(cek, blake3.blake3(data).hexdigest())
@@ -321,7 +321,7 @@ def test_changed_file_is_sent_again_on_the_next_copy(
     assert (report.files_copied, report.files_skipped) == (1, 1)
     blobs = download_all(azurite, container)
     assert blobs["b.dcm"][0] == b"new content"
-    assert blobs["b.dcm"][1]["pyengine_blake3"] == blake3.blake3(b"new content").hexdigest()
+    assert blobs["b.dcm"][1]["pyengineblake3"] == blake3.blake3(b"new content").hexdigest()
 
 
 def test_dry_run_sends_nothing_and_plans_every_file(

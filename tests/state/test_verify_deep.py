@@ -98,7 +98,7 @@ def test_encrypted_blobs_carry_a_keyed_digest_that_verify_checks_with_the_kek(
     _job_id, journal, files, kek_file, client = encrypted
     for name in files:
         metadata = client.get_blob_client(name).get_blob_properties().metadata
-        assert "pyengine_blake3" not in metadata
+        assert "pyengineblake3" not in metadata
         assert len(metadata[KEYED_DIGEST_METADATA]) == 64
     # the keyed digest of another blob: a valid-looking value, wrong for this one
     notes = client.get_blob_client("study/notes.txt")
