@@ -2,8 +2,7 @@
 errors onto exit codes. Each group parses and presents in its own module (copy, jobs, verify,
 rekey, and pyengine.bench); none holds logic the library API lacks.
 
-Exit codes: 0 everything copied, 1 some files failed, 2 usage or configuration error, 130
-interrupted.
+Exit codes: the one table in cli/common.py (EXIT_CODES_HELP, printed by `pyengine --help`).
 """
 
 from __future__ import annotations
@@ -11,22 +10,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from pyengine import __version__
 from pyengine.cli import copy, jobs, rekey, verify
-from pyengine.cli.common import EXIT_USAGE, Parser, stderr
+from pyengine.cli.common import EXIT_CODES_HELP, EXIT_USAGE, Parser, exit_code_of, stderr
 
 # Re-exported: tests/integration/test_faults.py drives the presenter through this module.
 from pyengine.cli.progress import _Presenter
+from pyengine.cli.signals import STOP_SIGNALS, Interrupted, exit_status, install_sync_handlers
 from pyengine.errors import PyEngineError
 
 __all__ = ["_Presenter", "build_parser", "main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="pyengine", description="Bulk copy of archives into Azure Blob Storage.")
+    parser = Parser(
+        prog="pyengine",
+        description="Bulk copy of archives into Azure Blob Storage.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"pyengine {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -43,6 +50,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; returns its exit code (the table in cli/common.py). SIGINT and SIGTERM
+    stop it gracefully (cli/signals.py); the handlers before the call are restored after it
+    (a library or test process calling main() keeps its own)."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if in_main_thread else {}
+    try:
+        if in_main_thread:
+            install_sync_handlers()
+        return _main(argv)
+    except Interrupted as e:
+        stderr.print(
+            f"interrupted ({signal.Signals(e.signum).name}): run the same command (or "
+            "`pyengine resume JOB`) to go on",
+            markup=False,
+            highlight=False,
+        )
+        return exit_status(e.signum)
+    except KeyboardInterrupt:  # not from our handlers (main() called off the main thread)
+        stderr.print("interrupted: run the same command (or `pyengine resume JOB`) to go on")
+        return exit_status(signal.SIGINT)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -71,24 +104,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "kind": "error",
                         "subject": e.subject,
                         "reason": e.reason,
-                        "exit_code": e.exit_code,
+                        "exit_code": exit_code_of(e),
                     },
                     ensure_ascii=False,
                 ),
                 flush=True,
             )
-        return e.exit_code
+        return exit_code_of(e)
     except OSError as e:  # a path given on the command line that cannot be used
         subject = e.filename if e.filename is not None else args.command
         stderr.print(f"error: {subject}: {e.strerror or e}", markup=False, highlight=False)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        stderr.print("interrupted: run the same command (or `pyengine resume JOB`) to go on")
-        return 130
 
 
 def run() -> None:
-    sys.exit(main())
+    from pyengine.cli import main as guarded_main  # handlers first, then the heavy imports
+
+    sys.exit(guarded_main())
 
 
 if __name__ == "__main__":

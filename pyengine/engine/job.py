@@ -32,10 +32,16 @@ from pyengine.engine.report import CopyReport
 from pyengine.engine.scan import ScanProblem, SourceFile, display_path, scan
 from pyengine.engine.send import Sender
 from pyengine.engine.taskowner import TaskOwner
-from pyengine.errors import ConfigError, PyEngineError, SourceError
+from pyengine.errors import (
+    ConfigError,
+    ContainerNotFoundError,
+    JournalError,
+    PyEngineError,
+    SourceError,
+)
 from pyengine.options import CopyOptions
 from pyengine.state.joblock import JobLock, job_lock_path
-from pyengine.state.journal import Journal, default_journal_path
+from pyengine.state.journal import FileRecord, Journal, default_journal_path
 from pyengine.state.manifest import ManifestWriter, default_manifest_path
 from pyengine.targets.azure_blob import (
     BlobStore,
@@ -64,7 +70,7 @@ class _Job:
     ) -> None:
         self.ctx = ctx = JobContext(source=source, dest=dest, options=options, on_event=on_event)
         self.sender = Sender(ctx)
-        self.decide = Decider(ctx, self.sender)
+        self.decide = (_DryRunDecider if options.dry_run else Decider)(ctx, self.sender)
         self.mirror = DeletionPass(ctx)
 
     # --- the job ---------------------------------------------------------------------------
@@ -113,17 +119,43 @@ class _Job:
             # the rest of the engine sees the interface only (targets/base.py)
             target: Target = store
             ctx.store = target
-            await target.ensure_container(create=opts.create_container and not opts.dry_run)
             if opts.dry_run:
-                await self.copy_all()
-                await self.mirror.report_deletions()
+                await self._dry_run(target)
             else:
+                await target.ensure_container(create=opts.create_container)
                 with Journal.open(opts.journal_path) as journal:
                     await self._run_journaled(target, journal)
             stats = target.stats
             r = ctx.report
             r.retries, r.throttled_s, r.stalls = stats.retries, stats.throttled_s, stats.stalls
             r.concurrency_min, r.concurrency_max = stats.concurrency_min, stats.concurrency_max
+
+    async def _dry_run(self, target: Target) -> None:
+        """The same scan and decisions as a real run (a HEAD or listing per file, as --check
+        asks), with no journal, no manifest and no request that changes anything: every file
+        is counted once as to copy, up to date, or refused with its reason."""
+        ctx, opts = self.ctx, self.ctx.options
+        try:
+            await target.ensure_container(create=False)
+        except ContainerNotFoundError:
+            if not opts.create_container:
+                raise  # a real run would stop here too (exit 2)
+            # nothing is there: every file is to copy, and there is nothing to delete
+            ctx.report.container_to_create = ctx.dest.container
+            ctx.dest_was_empty = True
+            await self.copy_all()
+            return
+        if opts.check != "none":
+            ctx.dest_was_empty = await self._prefix_is_empty(target)
+        await self.copy_all()
+        await self.mirror.report_deletions()
+
+    async def _prefix_is_empty(self, target: Target) -> bool:
+        listing = target.list_blobs(self.ctx.dest.prefix, metadata=False, page_size=1)
+        try:
+            return await anext(listing, None) is None
+        finally:
+            await listing.aclose()
 
     async def _run_journaled(self, target: Target, journal: Journal) -> None:
         """A real run: resume the unfinished job of this source and destination or start one,
@@ -135,11 +167,7 @@ class _Job:
         if job_id is not None:
             check_same_encryption(journal.get_job(job_id), opts)
         if not ctx.resumed and opts.check != "none":
-            listing = target.list_blobs(ctx.dest.prefix, metadata=False, page_size=1)
-            try:
-                ctx.dest_was_empty = await anext(listing, None) is None
-            finally:
-                await listing.aclose()
+            ctx.dest_was_empty = await self._prefix_is_empty(target)
         if job_id is None:
             # durable at once (one commit): off the loop like every journal write
             job_id = await asyncio.to_thread(
@@ -155,18 +183,34 @@ class _Job:
         # Group commits run in the journal's writer thread from here on: the loop never waits
         # for an fsync while blocks are in flight.
         journal.start_writer()
-        async with ManifestWriter(manifest_path, redact=redact) as manifest:
-            ctx.manifest = manifest
-            # A journal failure raises out of copy_all: no deletion runs, and the job stays
-            # "running" in the journal, so a re-run resumes it.
-            await self.copy_all()
-            await self.mirror.report_deletions()
+        try:
+            async with ManifestWriter(manifest_path, redact=redact) as manifest:
+                ctx.manifest = manifest
+                # A journal failure raises out of copy_all: no deletion runs, and the job stays
+                # "running" in the journal, so a re-run resumes it.
+                await self.copy_all()
+                await self.mirror.report_deletions()
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # Stopped (SIGINT/SIGTERM in the CLI, a cancelled task in a library): copy_all has
+            # cancelled the requests in flight; what was acknowledged is made durable and the
+            # job marked interrupted, so `jobs` says so and a re-run resumes it block by block.
+            await _shielded(self._mark_interrupted(journal, job_id))
+            raise
         # the writer's last commit and the job row, off the loop (a listener's progress display
         # or a library's other tasks keep running)
         await asyncio.to_thread(journal.stop_writer)
         await asyncio.to_thread(
             journal.finish_job, job_id, "completed" if ctx.report.ok else "failed"
         )
+
+    async def _mark_interrupted(self, journal: Journal, job_id: str) -> None:
+        try:
+            await asyncio.to_thread(journal.stop_writer)
+            await asyncio.to_thread(journal.finish_job, job_id, "interrupted")
+        except JournalError as e:
+            # the journal cannot be written: the job stays "running", which `jobs` shows as
+            # "interrupted (holder gone)" once this process is gone; a re-run resumes it alike
+            log.warning("%s: cannot mark the job interrupted: %s", job_id, e.reason)
 
     def _job_options(self) -> dict[str, Any]:
         """The options worth keeping with the job: no key, no connection string."""
@@ -267,7 +311,10 @@ class _Job:
                             self.mirror.claim_names(batch)
                             for item in batch:
                                 if isinstance(item, ScanProblem):
-                                    await self.mirror.scan_problem(item)
+                                    if self.mirror.scan_problem(item):  # a file: it fails
+                                        await self.refuse(
+                                            item.rel_path or item.path, item.reason, size_bytes=0
+                                        )
                                     continue
                                 await window.acquire()
                                 t = owner.spawn(one(item))
@@ -308,13 +355,11 @@ class _Job:
                 path=src.rel_path,
             )
         except SourceError as e:
-            await ctx.outcome(src.rel_path, "failed", size_bytes=src.size_bytes, reason=e.reason)
+            await self.refuse(src.rel_path, e.reason, size_bytes=src.size_bytes)
             return
 
         if opts.dry_run:
-            ctx.emit("file_planned", path=src.rel_path, blob=name, bytes=src.size_bytes)
-            ctx.report.files_skipped += 1
-            ctx.report.bytes_skipped += src.size_bytes
+            await self.plan_file(src, name)
             return
 
         assert ctx.journal is not None and ctx.store is not None
@@ -372,6 +417,84 @@ class _Job:
             log.debug("unexpected error on %s", display_path(src.rel_path), exc_info=True)
             reason = f"unexpected error: {type(e).__name__}: {redact(str(e))}"
             await ctx.outcome(src.rel_path, "failed", reason=reason, **common)
+
+    async def refuse(self, rel_path: str, reason: str, *, size_bytes: int) -> None:
+        """A file that cannot be planned (the scan could not read it, its name is rejected or
+        taken by another file): failed once in the report, and journaled like any other
+        failure, so `jobs show` counts what the run's summary and manifest count."""
+        ctx = self.ctx
+        record = None
+        if ctx.journal is not None:
+            record = ctx.journal.begin_file(
+                ctx.report.job_id,
+                rel_path,
+                size_bytes=size_bytes,
+                mtime_ns=0,
+                inode=0,
+                device=0,
+                blob_name="",
+                block_bytes=0,
+                encrypted=ctx.options.encrypt,
+            )
+        await ctx.outcome(rel_path, "failed", size_bytes=size_bytes, reason=reason, record=record)
+
+    async def plan_file(self, src: SourceFile, name: str) -> None:
+        """Dry run: the decision a real run would make for this file, counted once (to copy,
+        up to date, or failed with its reason); nothing is journaled, sent or re-wrapped."""
+        ctx, r = self.ctx, self.ctx.report
+        # a record no blob can claim as its own upload: only --check decides "up to date"
+        record = FileRecord(
+            file_id=0,
+            job_id="",
+            rel_path=src.rel_path,
+            size_bytes=src.size_bytes,
+            mtime_ns=src.mtime_ns,
+            inode=src.inode,
+            device=src.device,
+            blob_name=name,
+            upload_id="",
+            block_bytes=0,
+            encrypted=ctx.options.encrypt,
+            state="planned",
+        )
+        try:
+            verdict = await self.decide.already_there(src, record)
+        except PyEngineError as e:
+            await ctx.outcome(src.rel_path, "failed", size_bytes=src.size_bytes, reason=e.reason)
+            return
+        if verdict is None:
+            r.files_to_copy += 1
+            r.bytes_to_copy += src.size_bytes
+            ctx.emit("file_planned", path=src.rel_path, blob=name, bytes=src.size_bytes)
+            return
+        r.files_up_to_date += 1
+        r.bytes_up_to_date += src.size_bytes
+        ctx.emit(
+            "file_planned",
+            path=src.rel_path,
+            blob=name,
+            bytes=src.size_bytes,
+            reason=f"up to date: {verdict[1]}",
+            extra={"up_to_date": True},
+        )
+
+
+class _DryRunDecider(Decider):
+    """The real run's decisions, minus the one that writes: a blob whose content key an old KEK
+    wraps is counted as up to date (a real run re-wraps it in place, sending no bytes) and left
+    as it is."""
+
+    async def rewrap(self, props: Any, content_key: bytes) -> None:
+        self.ctx.report.files_rewrapped += 1
+
+
+async def _shielded(coro: Any) -> None:
+    """Runs coro to its end even if the task awaiting it is cancelled again meanwhile."""
+    task = asyncio.ensure_future(coro)
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    task.result()
 
 
 async def copy(
