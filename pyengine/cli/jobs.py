@@ -43,7 +43,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                     print(json.dumps(_job_json(info, journal_path)))
                 return EXIT_OK
             table = Table("job", "status", "source", "destination", "files", "bytes")
-            table.columns[0].no_wrap = True
+            table.columns[0].no_wrap = table.columns[1].no_wrap = True  # grep-able
             for info in jobs:
                 table.add_row(
                     info.job_id,
