@@ -8,6 +8,7 @@ A fault proxy stalls some Put Block requests of the large file, so the job is re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -22,9 +23,9 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
-from cli_harness import PYENGINE, blobs_of, make_tree, pyengine  # noqa: E402
+from cli_harness import PYENGINE, blobs_of, make_tree, pyengine
 
-from pyengine.state.journal import Journal  # noqa: E402
+from pyengine.state.journal import Journal
 
 pytestmark = pytest.mark.integration
 
@@ -65,10 +66,8 @@ class Running:
         while not any(predicate(ev) for ev in self.seen):
             left = deadline - time.monotonic()
             assert left > 0, f"not reached; events: {self.seen[-5:]}"
-            try:
+            with contextlib.suppress(queue.Empty):
                 self.seen.append(self.events.get(timeout=left))
-            except queue.Empty:
-                pass
 
     def finish(self) -> tuple[int, str]:
         rc = self.proc.wait(timeout=WAIT_S)
