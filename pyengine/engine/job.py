@@ -26,6 +26,7 @@ from typing import Any
 from pyengine import _core
 from pyengine.engine.context import EventCallback, JobContext
 from pyengine.engine.decide import Decider, check_same_encryption
+from pyengine.engine.dryrun import DryRunDecider, dry_run, plan_file
 from pyengine.engine.mirror import DeletionPass
 from pyengine.engine.plan import blob_name, read_plan
 from pyengine.engine.report import CopyReport
@@ -34,14 +35,13 @@ from pyengine.engine.send import Sender
 from pyengine.engine.taskowner import TaskOwner
 from pyengine.errors import (
     ConfigError,
-    ContainerNotFoundError,
     JournalError,
     PyEngineError,
     SourceError,
 )
 from pyengine.options import CopyOptions
 from pyengine.state.joblock import JobLock, job_lock_path
-from pyengine.state.journal import FileRecord, Journal, default_journal_path
+from pyengine.state.journal import Journal, default_journal_path
 from pyengine.state.manifest import ManifestWriter, default_manifest_path
 from pyengine.targets.azure_blob import (
     BlobStore,
@@ -70,7 +70,7 @@ class _Job:
     ) -> None:
         self.ctx = ctx = JobContext(source=source, dest=dest, options=options, on_event=on_event)
         self.sender = Sender(ctx)
-        self.decide = (_DryRunDecider if options.dry_run else Decider)(ctx, self.sender)
+        self.decide = (DryRunDecider if options.dry_run else Decider)(ctx, self.sender)
         self.mirror = DeletionPass(ctx)
 
     # --- the job ---------------------------------------------------------------------------
@@ -120,7 +120,7 @@ class _Job:
             target: Target = store
             ctx.store = target
             if opts.dry_run:
-                await self._dry_run(target)
+                await dry_run(self, target)
             else:
                 await target.ensure_container(create=opts.create_container)
                 with Journal.open(opts.journal_path) as journal:
@@ -130,27 +130,7 @@ class _Job:
             r.retries, r.throttled_s, r.stalls = stats.retries, stats.throttled_s, stats.stalls
             r.concurrency_min, r.concurrency_max = stats.concurrency_min, stats.concurrency_max
 
-    async def _dry_run(self, target: Target) -> None:
-        """The same scan and decisions as a real run (a HEAD or listing per file, as --check
-        asks), with no journal, no manifest and no request that changes anything: every file
-        is counted once as to copy, up to date, or refused with its reason."""
-        ctx, opts = self.ctx, self.ctx.options
-        try:
-            await target.ensure_container(create=False)
-        except ContainerNotFoundError:
-            if not opts.create_container:
-                raise  # a real run would stop here too (exit 2)
-            # nothing is there: every file is to copy, and there is nothing to delete
-            ctx.report.container_to_create = ctx.dest.container
-            ctx.dest_was_empty = True
-            await self.copy_all()
-            return
-        if opts.check != "none":
-            ctx.dest_was_empty = await self._prefix_is_empty(target)
-        await self.copy_all()
-        await self.mirror.report_deletions()
-
-    async def _prefix_is_empty(self, target: Target) -> bool:
+    async def prefix_is_empty(self, target: Target) -> bool:
         listing = target.list_blobs(self.ctx.dest.prefix, metadata=False, page_size=1)
         try:
             return await anext(listing, None) is None
@@ -167,7 +147,7 @@ class _Job:
         if job_id is not None:
             check_same_encryption(journal.get_job(job_id), opts)
         if not ctx.resumed and opts.check != "none":
-            ctx.dest_was_empty = await self._prefix_is_empty(target)
+            ctx.dest_was_empty = await self.prefix_is_empty(target)
         if job_id is None:
             # durable at once (one commit): off the loop like every journal write
             job_id = await asyncio.to_thread(
@@ -359,7 +339,7 @@ class _Job:
             return
 
         if opts.dry_run:
-            await self.plan_file(src, name)
+            await plan_file(ctx, self.decide, src, name)
             return
 
         assert ctx.journal is not None and ctx.store is not None
@@ -437,55 +417,6 @@ class _Job:
                 encrypted=ctx.options.encrypt,
             )
         await ctx.outcome(rel_path, "failed", size_bytes=size_bytes, reason=reason, record=record)
-
-    async def plan_file(self, src: SourceFile, name: str) -> None:
-        """Dry run: the decision a real run would make for this file, counted once (to copy,
-        up to date, or failed with its reason); nothing is journaled, sent or re-wrapped."""
-        ctx, r = self.ctx, self.ctx.report
-        # a record no blob can claim as its own upload: only --check decides "up to date"
-        record = FileRecord(
-            file_id=0,
-            job_id="",
-            rel_path=src.rel_path,
-            size_bytes=src.size_bytes,
-            mtime_ns=src.mtime_ns,
-            inode=src.inode,
-            device=src.device,
-            blob_name=name,
-            upload_id="",
-            block_bytes=0,
-            encrypted=ctx.options.encrypt,
-            state="planned",
-        )
-        try:
-            verdict = await self.decide.already_there(src, record)
-        except PyEngineError as e:
-            await ctx.outcome(src.rel_path, "failed", size_bytes=src.size_bytes, reason=e.reason)
-            return
-        if verdict is None:
-            r.files_to_copy += 1
-            r.bytes_to_copy += src.size_bytes
-            ctx.emit("file_planned", path=src.rel_path, blob=name, bytes=src.size_bytes)
-            return
-        r.files_up_to_date += 1
-        r.bytes_up_to_date += src.size_bytes
-        ctx.emit(
-            "file_planned",
-            path=src.rel_path,
-            blob=name,
-            bytes=src.size_bytes,
-            reason=f"up to date: {verdict[1]}",
-            extra={"up_to_date": True},
-        )
-
-
-class _DryRunDecider(Decider):
-    """The real run's decisions, minus the one that writes: a blob whose content key an old KEK
-    wraps is counted as up to date (a real run re-wraps it in place, sending no bytes) and left
-    as it is."""
-
-    async def rewrap(self, props: Any, content_key: bytes) -> None:
-        self.ctx.report.files_rewrapped += 1
 
 
 async def _shielded(coro: Any) -> None:
