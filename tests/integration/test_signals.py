@@ -161,6 +161,8 @@ def test_signal_stops_the_copy_gracefully_marks_it_interrupted_and_resume_comple
     assert blobs_of(azurite, container) == files
     info, _ = _only_job(tmp_path / "journal.sqlite")
     assert info.status == "completed"
+    listed = pyengine("jobs", "list", "--journal", str(tmp_path / "journal.sqlite"), "--json")
+    assert json.loads(listed.stdout)["status"] == "done"
 
 
 def test_killed_copy_is_listed_as_interrupted_holder_gone_and_a_live_one_as_running(
