@@ -12,9 +12,11 @@ native core load (most of a second), and a Ctrl-C during start-up is one line, n
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # not `from typing import ...`: typing alone costs milliseconds here
 if TYPE_CHECKING:
+    from typing import Any
+
     from pyengine.crypto import LocalKeyWrapper, load_kek_file
     from pyengine.engine.job import copy
     from pyengine.engine.report import CopyReport, Event

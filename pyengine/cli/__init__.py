@@ -9,10 +9,13 @@ so a Ctrl-C or a SIGTERM during start-up ends with one line and exit 130/143, no
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from typing import Any
 
 from pyengine.cli.signals import Interrupted, exit_status, install_sync_handlers
+
+TYPE_CHECKING = False  # not `from typing import ...`: kept light (see above)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 __all__ = ["build_parser", "main", "run"]
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, TypeVar
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module loads before anything else
 if TYPE_CHECKING:
     from collections.abc import Coroutine
+    from typing import Any, TypeVar
 
-T = TypeVar("T")
+    T = TypeVar("T")
 
 #: the signals that stop a job, and the exit status of each (the shell's 128 + signal number)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
