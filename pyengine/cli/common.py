@@ -26,7 +26,7 @@ from pyengine.options import MiB
 # The one table of exit codes, for copy, resume, verify, rekey and jobs alike (README "Exit
 # codes" and `pyengine --help` print EXIT_CODES_HELP).
 EXIT_OK = 0  # done: every file copied or up to date (verify: every blob matches)
-EXIT_FAILED = 1  # some files failed (or mismatched): the rest is done; the job is resumable
+EXIT_FAILED = 1  # some files failed (or mismatched): the rest is done; a re-run retries them
 EXIT_USAGE = 2  # usage or configuration error, found before any request that changes anything
 EXIT_DESTINATION = 3  # destination unreachable, or credentials missing or refused
 EXIT_SIGINT = 130  # interrupted by SIGINT (Ctrl-C): stopped cleanly, resumable
@@ -35,7 +35,7 @@ EXIT_SIGTERM = 143  # interrupted by SIGTERM (systemd, Kubernetes, `timeout`): l
 EXIT_CODES_HELP = """\
 exit codes:
   0    done: every file copied or up to date (verify: every blob matches)
-  1    some files failed; the others are done and the job is resumable
+  1    some files failed; the others are done, and re-running the command retries them
   2    usage or configuration error, found before any request that changes anything
   3    destination unreachable, or credentials missing or refused
   130  interrupted by SIGINT (Ctrl-C); the job is marked interrupted and resumable

@@ -3,31 +3,43 @@ errors onto exit codes. Each group parses and presents in its own module (copy, 
 rekey, and pyengine.bench); none holds logic the library API lacks.
 
 Exit codes: the one table in cli/common.py (EXIT_CODES_HELP, printed by `pyengine --help`).
+
+This module imports nothing heavy at its top: main() installs the SIGINT/SIGTERM handlers
+(cli/signals.py) before it imports the command groups (rich, the engine, aiohttp: about 0.2 s
+here, most of a second on a cold cache), so a signal during start-up ends with one line and exit
+130/143, not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from pyengine import __version__
-from pyengine.cli import copy, jobs, rekey, verify
-from pyengine.cli.common import EXIT_CODES_HELP, EXIT_USAGE, Parser, exit_code_of, stderr
-
-# Re-exported: tests/integration/test_faults.py drives the presenter through this module.
-from pyengine.cli.progress import _Presenter
 from pyengine.cli.signals import STOP_SIGNALS, Interrupted, exit_status, install_sync_handlers
-from pyengine.errors import PyEngineError
 
-__all__ = ["_Presenter", "build_parser", "main", "run"]
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["build_parser", "main", "run"]  # and _Presenter, on first use (__getattr__)
+
+
+def __getattr__(name: str) -> Any:
+    # Re-exported: tests/integration/test_faults.py drives the presenter through this module.
+    if name == "_Presenter":
+        from pyengine.cli.progress import _Presenter
+
+        return _Presenter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pyengine import __version__
+    from pyengine.cli import copy, jobs, rekey, verify
+    from pyengine.cli.common import EXIT_CODES_HELP, Parser
+
     parser = Parser(
         prog="pyengine",
         description="Bulk copy of archives into Azure Blob Storage.",
@@ -59,23 +71,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if in_main_thread:
             install_sync_handlers()
         return _main(argv)
-    except Interrupted as e:
-        stderr.print(
-            f"interrupted ({signal.Signals(e.signum).name}): run the same command (or "
-            "`pyengine resume JOB`) to go on",
-            markup=False,
-            highlight=False,
+    except KeyboardInterrupt as e:  # Interrupted, or Ctrl-C off the main thread (no handlers)
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        # plain write: the interrupted import may have been rich's
+        sys.stderr.write(
+            f"interrupted ({signal.Signals(signum).name}): run the same command (or "
+            "`pyengine resume JOB`) to go on\n"
         )
-        return exit_status(e.signum)
-    except KeyboardInterrupt:  # not from our handlers (main() called off the main thread)
-        stderr.print("interrupted: run the same command (or `pyengine resume JOB`) to go on")
-        return exit_status(signal.SIGINT)
+        return exit_status(signum)
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    import json
+    import logging
+
+    from pyengine.cli import copy, jobs, rekey, verify
+    from pyengine.cli.common import EXIT_USAGE, exit_code_of, stderr
+    from pyengine.errors import PyEngineError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -118,9 +134,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def run() -> None:
-    from pyengine.cli import main as guarded_main  # handlers first, then the heavy imports
-
-    sys.exit(guarded_main())
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -25,10 +25,10 @@ PAGE_ROWS = 1_000
 
 #: job statuses a re-run of the same source and destination resumes (the job's own records and
 #: upload ids), and that `pyengine resume JOB` accepts: a job stopped before its end, whether
-#: its process was stopped ("interrupted") or died ("running" with no live lock holder)
-UNFINISHED_JOB_STATES = ("running", "interrupted")
-#: `pyengine resume JOB` also takes a job that ended with failed files (exit 1: resumable)
-RESUMABLE_JOB_STATES = (*UNFINISHED_JOB_STATES, "failed")
+#: its process was stopped ("interrupted") or died ("running" with no live lock holder). A job
+#: that ended with failed files is not resumed: a re-run starts a new job, which skips what is
+#: up to date and retries the rest.
+RESUMABLE_JOB_STATES = ("running", "interrupted")
 #: the word `jobs` shows for each stored status: "completed" is stored by every journal since
 #: schema 1, shown as "done" (no migration: old journals stay readable by old versions)
 _SHOWN_STATUS = {"completed": "done"}
