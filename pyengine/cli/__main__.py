@@ -1,5 +1,5 @@
 """`python -m pyengine.cli ...`: the console script without an install."""
 
-from pyengine.cli.main import run
+from pyengine.cli import run
 
 run()

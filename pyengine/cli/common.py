@@ -1,5 +1,5 @@
-"""What every `pyengine` command shares: exit codes, the one-line usage error, the stderr console,
-MiB flags, byte counts in words, and the credential flags.
+"""What every `pyengine` command shares: the exit codes, the one-line usage error, the stderr
+console, MiB flags, byte counts in words, and the credential flags.
 
 Kept apart from main.py so each command module can use them without importing the parser that
 wires the commands together (main.py imports every command module).
@@ -12,9 +12,46 @@ import math
 
 from rich.console import Console
 
+from pyengine.errors import (
+    AuthError,
+    ConfigError,
+    ContainerNotFoundError,
+    DestinationError,
+    JobLockedError,
+    JournalError,
+    PyEngineError,
+)
 from pyengine.options import MiB
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# The one table of exit codes, for copy, resume, verify, rekey and jobs alike (README "Exit
+# codes" and `pyengine --help` print EXIT_CODES_HELP).
+EXIT_OK = 0  # done: every file copied or up to date (verify: every blob matches)
+EXIT_FAILED = 1  # some files failed (or mismatched): the rest is done; a re-run retries them
+EXIT_USAGE = 2  # usage or configuration error, found before any request that changes anything
+EXIT_DESTINATION = 3  # destination unreachable, or credentials missing or refused
+EXIT_SIGINT = 130  # interrupted by SIGINT (Ctrl-C): stopped cleanly, resumable
+EXIT_SIGTERM = 143  # interrupted by SIGTERM (systemd, Kubernetes, `timeout`): likewise
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    done: every file copied or up to date (verify: every blob matches)
+  1    some files failed; the others are done, and re-running the command retries them
+  2    usage or configuration error, found before any request that changes anything
+  3    destination unreachable, or credentials missing or refused
+  130  interrupted by SIGINT (Ctrl-C); the job is marked interrupted and resumable
+  143  interrupted by SIGTERM; likewise"""
+
+
+def exit_code_of(error: PyEngineError) -> int:
+    """The exit code of an error that ended a command (the table above)."""
+    if isinstance(error, (ConfigError, JournalError, JobLockedError, ContainerNotFoundError)):
+        return EXIT_USAGE  # the command must change; nothing was changed at the destination
+    if isinstance(error, (AuthError, DestinationError)):
+        # raised out of a command, the destination could not be reached or refused us: a
+        # per-file refusal is counted in the report (exit 1) and never gets here
+        return EXIT_DESTINATION
+    return EXIT_FAILED
+
 
 # soft_wrap: an error stays on one line whatever the terminal width (scripts grep for it)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -1,18 +1,20 @@
 """`pyengine copy` and `pyengine resume`: their flags, and the mapping of flags onto CopyOptions.
 
-Exit codes: 0 everything copied, 1 some files failed, 2 usage or configuration error.
+Exit codes: the table in cli/common.py; an interrupted job exits 130 (SIGINT) or 143 (SIGTERM)
+after its journal is durable and the job marked interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from pyengine.cli.common import EXIT_FAILED, EXIT_OK, add_credential_flags, positive, size_mib
 from pyengine.cli.progress import _Presenter
+from pyengine.cli.signals import run_interruptible
 from pyengine.errors import ConfigError
 from pyengine.options import TIERS, CopyOptions, DeleteLimit, MiB, RetryPolicy, parse_max_delete
+from pyengine.state.journal_queries import RESUMABLE_JOB_STATES, shown_status
 
 
 def add_parsers(sub: Any) -> None:
@@ -222,7 +224,10 @@ def _run_copy(source: str, dest: str, options: CopyOptions, as_json: bool) -> in
     from pyengine.engine.job import copy
 
     with _Presenter(as_json) as presenter:
-        report = asyncio.run(copy(source, dest, options, on_event=presenter.on_event))
+        report = run_interruptible(
+            copy(source, dest, options, on_event=presenter.on_event),
+            on_stop="stopping: journaling the blocks in flight, then marking the job interrupted",
+        )
     presenter.summary(report)
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -236,8 +241,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     with Journal.open_existing(args.journal) as journal:
         info = journal.get_job(args.job)
-    if info.status != "running":
-        raise ConfigError(args.job, f"job is {info.status}; nothing to resume")
+    if info.status not in RESUMABLE_JOB_STATES:
+        raise ConfigError(args.job, f"job is {shown_status(info.status)}; nothing to resume")
     dest = args.dest or info.dest
     opts = _options_from(args)
     saved = info.options

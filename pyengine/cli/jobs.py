@@ -1,5 +1,10 @@
 """`pyengine jobs list` and `pyengine jobs show JOB`: what the journal knows of each job, as a
-table or JSON (one object per job for `list`)."""
+table or JSON (one object per job for `list`).
+
+A job's status is shown as running, interrupted, failed or done. A job the journal still calls
+running whose lock no live process holds (its process was killed: kill -9, OOM, a power loss)
+is shown as "interrupted (holder gone)"; the next run of it resumes it either way.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from pyengine.cli.common import EXIT_OK, Parser, human_bytes
+from pyengine.engine.scan import display_path
 
 
 def add_parser(sub: Any) -> None:
@@ -28,18 +35,19 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from pyengine.state.journal import Journal
 
     with Journal.open_existing(args.journal) as journal:
+        journal_path = journal.path
         if args.jobs_command == "list":
             jobs = journal.list_jobs()
             if args.json:
                 for info in jobs:
-                    print(json.dumps(_job_json(info)))
+                    print(json.dumps(_job_json(info, journal_path)))
                 return EXIT_OK
             table = Table("job", "status", "source", "destination", "files", "bytes")
-            table.columns[0].no_wrap = True
+            table.columns[0].no_wrap = table.columns[1].no_wrap = True  # grep-able
             for info in jobs:
                 table.add_row(
                     info.job_id,
-                    info.status,
+                    job_status(info, journal_path),
                     info.source,
                     info.dest,
                     str(sum(info.files_by_state.values())),
@@ -54,7 +62,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 {
-                    **_job_json(info),
+                    **_job_json(info, journal_path),
                     "summary": summary.__dict__,
                     "failures": [{"path": p, "reason": e} for p, e in failures],
                 }
@@ -62,7 +70,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     console = Console()
-    console.print(f"job {info.job_id} ({info.status}): {info.source} -> {info.dest}")
+    status = job_status(info, journal_path)
+    console.print(f"job {info.job_id} ({status}): {info.source} -> {info.dest}", markup=False)
     table = Table("", "files", "bytes")
     for state in ("copied", "skipped", "failed", "pending"):
         table.add_row(
@@ -72,14 +81,26 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         )
     console.print(table)
     for path, reason in failures[:50]:
-        console.print(f"[red]failed:[/] {path}: {reason}")
+        console.print(Text.assemble(("failed:", "red"), f" {display_path(path)}: {reason}"))
     return EXIT_OK
 
 
-def _job_json(info: Any) -> dict[str, Any]:
+def job_status(info: Any, journal_path: str) -> str:
+    """running | interrupted | interrupted (holder gone) | failed | done."""
+    from pyengine.state.joblock import job_lock_path, lock_is_held
+    from pyengine.state.journal_queries import shown_status
+
+    if info.status == "running" and not lock_is_held(
+        job_lock_path(journal_path, info.source, info.dest)
+    ):
+        return "interrupted (holder gone)"
+    return shown_status(info.status)
+
+
+def _job_json(info: Any, journal_path: str) -> dict[str, Any]:
     return {
         "job_id": info.job_id,
-        "status": info.status,
+        "status": job_status(info, journal_path),
         "source": info.source,
         "dest": info.dest,
         "files_by_state": info.files_by_state,

@@ -79,8 +79,8 @@ class _Presenter:
             self.progress.console.print(
                 Text.assemble(("error:", "red"), f" {ev.path}: {ev.reason}")
             )
-        elif ev.kind == "file_planned":
-            self.progress.console.print(Text(f"plan: {ev.path} -> {ev.blob}"))
+        elif ev.kind == "file_planned" and not ev.extra.get("up_to_date"):
+            self.progress.console.print(Text(f"would copy: {ev.path} -> {ev.blob}"))
         elif ev.kind == "deleted_at_source":
             self.progress.console.print(
                 Text.assemble(("no source file (kept):", "yellow"), f" {ev.path}")
@@ -127,10 +127,7 @@ class _Presenter:
             )
             return
         if report.dry_run:
-            lines = [
-                f"dry run: {report.files_skipped} files ({human_bytes(report.bytes_skipped)}) "
-                f"would be copied, {report.files_failed} cannot be"
-            ]
+            lines = _dry_run_lines(report)
         else:
             rate = report.bytes_copied / report.elapsed_s / 1e6 if report.elapsed_s else 0.0
             lines = [
@@ -156,6 +153,32 @@ class _Presenter:
         lines.extend(_deletion_lines(report))
         for line in lines:
             stderr.print(line, markup=False, highlight=False)
+
+
+def _dry_run_lines(report: CopyReport) -> list[str]:
+    """The categories a real run would report, each file once: to copy, up to date, refused."""
+    lines = []
+    if report.container_to_create:
+        lines.append(
+            f"dry run: container {report.container_to_create} does not exist; a real run with "
+            "--create-container would create it"
+        )
+    lines.append(
+        f"dry run: {report.files_to_copy} files ({human_bytes(report.bytes_to_copy)}) would be "
+        f"copied, {report.files_up_to_date} ({human_bytes(report.bytes_up_to_date)}) are up to "
+        f"date, {report.files_failed} would fail (reasons above); nothing was changed"
+    )
+    if report.files_resent_for_encryption:
+        lines.append(
+            f"dry run: {report.files_resent_for_encryption} of the files to copy are stored in "
+            "another encryption mode or under a KEK this run cannot unwrap"
+        )
+    if report.files_rewrapped:
+        lines.append(
+            f"dry run: {report.files_rewrapped} of the up-to-date blobs would have their content "
+            "key re-wrapped under the current KEK"
+        )
+    return lines
 
 
 def _deletion_lines(report: CopyReport) -> list[str]:

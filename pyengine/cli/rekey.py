@@ -4,11 +4,11 @@ through pyengine.engine.rekey), and print what was done."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from typing import Any
 
 from pyengine.cli.common import EXIT_FAILED, EXIT_OK, add_credential_flags, stderr
+from pyengine.cli.signals import run_interruptible
 
 
 def add_parser(sub: Any) -> None:
@@ -29,8 +29,9 @@ def cmd_rekey(args: argparse.Namespace) -> int:
     from pyengine.engine.rekey import rekey
 
     old, new = load_kek_file(args.kek_file), load_kek_file(args.new_kek_file)
-    report = asyncio.run(
-        rekey(args.dest, old, new, connection_string=args.connection_string, dry_run=args.dry_run)
+    report = run_interruptible(
+        rekey(args.dest, old, new, connection_string=args.connection_string, dry_run=args.dry_run),
+        on_stop="stopping (blobs re-wrapped so far stay re-wrapped; run it again to go on)",
     )
     if args.json:
         print(json.dumps({"kind": "summary", **report.to_json()}, ensure_ascii=False), flush=True)

@@ -5,11 +5,11 @@ themselves are :func:`pyengine.state.verify.verify`."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from typing import Any
 
 from pyengine.cli.common import EXIT_FAILED, EXIT_OK, add_credential_flags, size_mib
+from pyengine.cli.signals import run_interruptible
 from pyengine.options import CopyOptions, MiB
 from pyengine.state.verify_report import Finding, VerifyReport
 
@@ -83,7 +83,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         # one line each, as found: an operator sees them during a long deep run
         print(finding.line(), flush=True)
 
-    report = asyncio.run(
+    report = run_interruptible(
         verify(
             args.target,
             journal_path=args.journal,
@@ -92,7 +92,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             connection_string=args.connection_string,
             memory_cap_bytes=args.memory_cap,
             on_finding=None if args.json else print_finding,
-        )
+        ),
+        on_stop="stopping verify (nothing to undo; run it again to check everything)",
     )
     if args.json:
         print(json.dumps(report.to_json(), ensure_ascii=False), flush=True)

@@ -26,13 +26,19 @@ from typing import Any
 from pyengine import _core
 from pyengine.engine.context import EventCallback, JobContext
 from pyengine.engine.decide import Decider, check_same_encryption
+from pyengine.engine.dryrun import DryRunDecider, dry_run, plan_file
 from pyengine.engine.mirror import DeletionPass
 from pyengine.engine.plan import blob_name, read_plan
 from pyengine.engine.report import CopyReport
 from pyengine.engine.scan import ScanProblem, SourceFile, display_path, scan
 from pyengine.engine.send import Sender
 from pyengine.engine.taskowner import TaskOwner
-from pyengine.errors import ConfigError, PyEngineError, SourceError
+from pyengine.errors import (
+    ConfigError,
+    JournalError,
+    PyEngineError,
+    SourceError,
+)
 from pyengine.options import CopyOptions
 from pyengine.state.joblock import JobLock, job_lock_path
 from pyengine.state.journal import Journal, default_journal_path
@@ -64,7 +70,7 @@ class _Job:
     ) -> None:
         self.ctx = ctx = JobContext(source=source, dest=dest, options=options, on_event=on_event)
         self.sender = Sender(ctx)
-        self.decide = Decider(ctx, self.sender)
+        self.decide = (DryRunDecider if options.dry_run else Decider)(ctx, self.sender)
         self.mirror = DeletionPass(ctx)
 
     # --- the job ---------------------------------------------------------------------------
@@ -113,17 +119,23 @@ class _Job:
             # the rest of the engine sees the interface only (targets/base.py)
             target: Target = store
             ctx.store = target
-            await target.ensure_container(create=opts.create_container and not opts.dry_run)
             if opts.dry_run:
-                await self.copy_all()
-                await self.mirror.report_deletions()
+                await dry_run(self, target)
             else:
+                await target.ensure_container(create=opts.create_container)
                 with Journal.open(opts.journal_path) as journal:
                     await self._run_journaled(target, journal)
             stats = target.stats
             r = ctx.report
             r.retries, r.throttled_s, r.stalls = stats.retries, stats.throttled_s, stats.stalls
             r.concurrency_min, r.concurrency_max = stats.concurrency_min, stats.concurrency_max
+
+    async def prefix_is_empty(self, target: Target) -> bool:
+        listing = target.list_blobs(self.ctx.dest.prefix, metadata=False, page_size=1)
+        try:
+            return await anext(listing, None) is None
+        finally:
+            await listing.aclose()
 
     async def _run_journaled(self, target: Target, journal: Journal) -> None:
         """A real run: resume the unfinished job of this source and destination or start one,
@@ -135,11 +147,7 @@ class _Job:
         if job_id is not None:
             check_same_encryption(journal.get_job(job_id), opts)
         if not ctx.resumed and opts.check != "none":
-            listing = target.list_blobs(ctx.dest.prefix, metadata=False, page_size=1)
-            try:
-                ctx.dest_was_empty = await anext(listing, None) is None
-            finally:
-                await listing.aclose()
+            ctx.dest_was_empty = await self.prefix_is_empty(target)
         if job_id is None:
             # durable at once (one commit): off the loop like every journal write
             job_id = await asyncio.to_thread(
@@ -155,18 +163,34 @@ class _Job:
         # Group commits run in the journal's writer thread from here on: the loop never waits
         # for an fsync while blocks are in flight.
         journal.start_writer()
-        async with ManifestWriter(manifest_path, redact=redact) as manifest:
-            ctx.manifest = manifest
-            # A journal failure raises out of copy_all: no deletion runs, and the job stays
-            # "running" in the journal, so a re-run resumes it.
-            await self.copy_all()
-            await self.mirror.report_deletions()
+        try:
+            async with ManifestWriter(manifest_path, redact=redact) as manifest:
+                ctx.manifest = manifest
+                # A journal failure raises out of copy_all: no deletion runs, and the job stays
+                # "running" in the journal, so a re-run resumes it.
+                await self.copy_all()
+                await self.mirror.report_deletions()
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # Stopped (SIGINT/SIGTERM in the CLI, a cancelled task in a library): copy_all has
+            # cancelled the requests in flight; what was acknowledged is made durable and the
+            # job marked interrupted, so `jobs` says so and a re-run resumes it block by block.
+            await _shielded(self._mark_interrupted(journal, job_id))
+            raise
         # the writer's last commit and the job row, off the loop (a listener's progress display
         # or a library's other tasks keep running)
         await asyncio.to_thread(journal.stop_writer)
         await asyncio.to_thread(
             journal.finish_job, job_id, "completed" if ctx.report.ok else "failed"
         )
+
+    async def _mark_interrupted(self, journal: Journal, job_id: str) -> None:
+        try:
+            await asyncio.to_thread(journal.stop_writer)
+            await asyncio.to_thread(journal.finish_job, job_id, "interrupted")
+        except JournalError as e:
+            # the journal cannot be written: the job stays "running", which `jobs` shows as
+            # "interrupted (holder gone)" once this process is gone; a re-run resumes it alike
+            log.warning("%s: cannot mark the job interrupted: %s", job_id, e.reason)
 
     def _job_options(self) -> dict[str, Any]:
         """The options worth keeping with the job: no key, no connection string."""
@@ -267,7 +291,10 @@ class _Job:
                             self.mirror.claim_names(batch)
                             for item in batch:
                                 if isinstance(item, ScanProblem):
-                                    await self.mirror.scan_problem(item)
+                                    if self.mirror.scan_problem(item):  # a file: it fails
+                                        await self.refuse(
+                                            item.rel_path or item.path, item.reason, size_bytes=0
+                                        )
                                     continue
                                 await window.acquire()
                                 t = owner.spawn(one(item))
@@ -308,13 +335,11 @@ class _Job:
                 path=src.rel_path,
             )
         except SourceError as e:
-            await ctx.outcome(src.rel_path, "failed", size_bytes=src.size_bytes, reason=e.reason)
+            await self.refuse(src.rel_path, e.reason, size_bytes=src.size_bytes)
             return
 
         if opts.dry_run:
-            ctx.emit("file_planned", path=src.rel_path, blob=name, bytes=src.size_bytes)
-            ctx.report.files_skipped += 1
-            ctx.report.bytes_skipped += src.size_bytes
+            await plan_file(ctx, self.decide, src, name)
             return
 
         assert ctx.journal is not None and ctx.store is not None
@@ -372,6 +397,35 @@ class _Job:
             log.debug("unexpected error on %s", display_path(src.rel_path), exc_info=True)
             reason = f"unexpected error: {type(e).__name__}: {redact(str(e))}"
             await ctx.outcome(src.rel_path, "failed", reason=reason, **common)
+
+    async def refuse(self, rel_path: str, reason: str, *, size_bytes: int) -> None:
+        """A file that cannot be planned (the scan could not read it, its name is rejected or
+        taken by another file): failed once in the report, and journaled like any other
+        failure, so `jobs show` counts what the run's summary and manifest count."""
+        ctx = self.ctx
+        record = None
+        if ctx.journal is not None:
+            record = ctx.journal.begin_file(
+                ctx.report.job_id,
+                rel_path,
+                size_bytes=size_bytes,
+                mtime_ns=0,
+                inode=0,
+                device=0,
+                blob_name="",
+                block_bytes=0,
+                encrypted=ctx.options.encrypt,
+            )
+        await ctx.outcome(rel_path, "failed", size_bytes=size_bytes, reason=reason, record=record)
+
+
+async def _shielded(coro: Any) -> None:
+    """Runs coro to its end even if the task awaiting it is cancelled again meanwhile."""
+    task = asyncio.ensure_future(coro)
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    task.result()
 
 
 async def copy(

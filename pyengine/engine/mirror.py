@@ -112,16 +112,15 @@ class DeletionPass:
         names = [n for item in batch if item.rel_path for n in names_claimed(prefix, item.rel_path)]
         self.claimed.add(names, files=sum(isinstance(item, SourceFile) for item in batch))
 
-    async def scan_problem(self, item: ScanProblem) -> None:
-        """An entry the scan could not take: a failed file (counted), and in any case proof
-        that this run did not see the whole tree, so it deletes nothing."""
+    def scan_problem(self, item: ScanProblem) -> bool:
+        """An entry the scan could not take: proof that this run did not see the whole tree, so
+        it deletes nothing. Returns whether it is a file that fails (the job counts and
+        journals it once, job.py refuse()); False for an entry the filters would not take."""
         self.scan_errors.append(f"{item.rel_path or item.path}: {item.reason}")
         if not item.counted:  # not a file the filters take: one log line, not a failure
             log.warning("%s: %s (the scan could not examine it)", item.rel_path, item.reason)
-            return
-        await self.ctx.outcome(
-            item.rel_path or item.path, "failed", size_bytes=0, reason=item.reason
-        )
+            return False
+        return True
 
     def deletion_blocked(self) -> str | None:
         """Why this run must not delete anything, or None."""

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 EventKind = Literal[
     "job_started",
-    "file_planned",  # dry run
+    "file_planned",  # dry run: to copy, or (reason "up to date: ...") up to date
     "deleted_at_source",
     "file_deleted",  # a blob whose source file is gone, deleted (--delete-destination)
     "delete_planned",  # dry run: the blob would be deleted
@@ -82,16 +82,39 @@ class CopyReport:
     #: discarded so the file could start over (each also a warning and an event)
     foreign_blocks_discarded: int = 0
     manifest_path: str | None = None
-    #: a dry run counts every planned file as skipped and sends nothing
+    #: a dry run decides every file as a real run would and changes nothing: each file counts
+    #: once, as to copy (files_to_copy), up to date (files_up_to_date) or failed (with its
+    #: reason in failures); blobs_to_delete / deleted_at_source say what deletion would do
     dry_run: bool = False
+    files_to_copy: int = 0
+    bytes_to_copy: int = 0
+    files_up_to_date: int = 0
+    bytes_up_to_date: int = 0
+    #: dry run with --create-container: the container that does not exist yet (a real run
+    #: would create it; every file is then to copy)
+    container_to_create: str | None = None
 
     @property
     def files_total(self) -> int:
-        return self.files_copied + self.files_skipped + self.files_failed
+        """Every file of the source the run met, each once (a real run leaves the to_copy and
+        up_to_date counts at zero: its up-to-date files are skipped)."""
+        return (
+            self.files_copied
+            + self.files_skipped
+            + self.files_failed
+            + self.files_to_copy
+            + self.files_up_to_date
+        )
 
     @property
     def bytes_total(self) -> int:
-        return self.bytes_copied + self.bytes_skipped + self.bytes_failed
+        return (
+            self.bytes_copied
+            + self.bytes_skipped
+            + self.bytes_failed
+            + self.bytes_to_copy
+            + self.bytes_up_to_date
+        )
 
     @property
     def ok(self) -> bool:

@@ -56,6 +56,32 @@ def read_holder_pid(path: str | os.PathLike[str]) -> int | None:
     return int(first) if first.isdigit() else None
 
 
+def lock_is_held(path: str | os.PathLike[str]) -> bool:
+    """Whether a live process holds the job lock at path (`pyengine jobs` asks it of every job
+    the journal calls running: a holder killed by kill -9 leaves the row "running" but its lock
+    free, since the kernel drops a dead process's flock).
+
+    Probed with a shared, non-blocking flock taken and dropped at once on a read-only
+    descriptor: it never creates the file, and cannot succeed while an exclusive holder lives.
+    (A run starting in that same microsecond would see the probe as a holder and refuse to
+    start, with exit 2: harmless, and it names a pid that is gone.)"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False  # released cleanly (release() unlinks) or never taken
+    except OSError:
+        return True  # cannot tell: do not call a job dead on a permission error
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        return e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 class JobLock:
     """Exclusive lock of one job: ``with JobLock(path, subject=...):`` holds it for the block.
 

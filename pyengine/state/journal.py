@@ -191,7 +191,8 @@ class Journal(JournalQueries):
         raise JournalError(self.path, "cannot allocate a job id")
 
     def finish_job(self, job_id: str, status: str) -> None:
-        """Flush, then mark the job completed / failed / cancelled (durably)."""
+        """Flush, then mark the job completed / failed / interrupted / cancelled (durably);
+        an interrupted job is resumed by the next run of the same source and destination."""
         if status not in JOB_STATES:
             raise ValueError(f"job status must be one of {', '.join(JOB_STATES)}: {status!r}")
         self.flush()

@@ -23,14 +23,31 @@ from pyengine.state.schema import FILE_COLUMNS, crc_from_db, file_record_from_ro
 #: fetchmany-sized pages for iter_files: bounded memory however many files a job has
 PAGE_ROWS = 1_000
 
+#: job statuses a re-run of the same source and destination resumes (the job's own records and
+#: upload ids), and that `pyengine resume JOB` accepts: a job stopped before its end, whether
+#: its process was stopped ("interrupted") or died ("running" with no live lock holder). A job
+#: that ended with failed files is not resumed: a re-run starts a new job, which skips what is
+#: up to date and retries the rest.
+RESUMABLE_JOB_STATES = ("running", "interrupted")
+#: the word `jobs` shows for each stored status: "completed" is stored by every journal since
+#: schema 1, shown as "done" (no migration: old journals stay readable by old versions)
+_SHOWN_STATUS = {"completed": "done"}
+
+
+def shown_status(status: str) -> str:
+    """The job status as `pyengine jobs` shows it: running, interrupted, failed or done."""
+    return _SHOWN_STATUS.get(status, status)
+
 
 class JournalQueries(GroupCommit):
     """The journal's read-only queries; Journal adds the uploader's writes on top."""
 
     def find_unfinished_job(self, source: str, dest: str) -> str | None:
-        """The most recent job still 'running' for this source and (redacted) dest, if any."""
+        """The most recent unfinished job (running, or interrupted) for this source and
+        (redacted) dest, if any."""
         rows = self._read(
-            "SELECT job_id FROM jobs WHERE source = ? AND dest = ? AND status = 'running'"
+            "SELECT job_id FROM jobs WHERE source = ? AND dest = ?"
+            " AND status IN ('running', 'interrupted')"
             " ORDER BY created_ns DESC, job_id DESC LIMIT 1",
             (source, dest),
         )

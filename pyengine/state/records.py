@@ -18,7 +18,8 @@ from typing import Any
 STATES = ("planned", "uploading", "committing", "committed", "failed", "skipped")
 #: states whose files still need work on resume
 PENDING_STATES = ("planned", "uploading", "committing")
-JOB_STATES = ("running", "completed", "failed", "cancelled")
+#: "interrupted": stopped by a signal or a cancellation, journal durable, resumable
+JOB_STATES = ("running", "interrupted", "completed", "failed", "cancelled")
 
 #: error texts are one line; longer ones are cut (a stack of nested causes adds nothing here)
 MAX_ERROR_CHARS = 1_000

@@ -130,7 +130,19 @@ def parse_destination(url: str) -> Destination:
             f"invalid container name {container!r}: 3-63 lowercase letters, digits or single "
             "hyphens, starting and ending with a letter or digit",
         )
-    prefix = "/".join(segments[1:]).strip("/")
+    path_segments = segments[1:]
+    if path_segments and path_segments[-1] == "":
+        path_segments.pop()  # one trailing "/" ends a prefix; any other empty segment is a typo
+    for segment in path_segments:
+        if segment in ("", ".", ".."):
+            # The service keeps "a//b" and "a/../b" as literal names that no tool resolves the
+            # same way: refused here, before any request (a usage error, exit 2)
+            raise ConfigError(
+                shown,
+                "the blob prefix has an empty, '.' or '..' segment "
+                f"({'/'.join(path_segments)!r}): write it as plain names joined by single '/'",
+            )
+    prefix = "/".join(path_segments)
     return Destination(
         account_url=account_url,
         account_name=account,

@@ -100,7 +100,7 @@ def test_invalid_container_name_exits_2(azurite: Any, tmp_path: Path) -> None:
     assert_one_line_error(proc, 2, dest, "invalid container name")
 
 
-def test_wrong_account_key_exits_2_naming_authentication_without_the_key(
+def test_wrong_account_key_exits_3_naming_authentication_without_the_key(
     azurite: Any, container: str, tmp_path: Path
 ) -> None:
     src = tmp_path / "src"
@@ -111,13 +111,13 @@ def test_wrong_account_key_exits_2_naming_authentication_without_the_key(
     args = copy_args(azurite, tmp_path, src, container)
     args[args.index("--connection-string") + 1] = cs
     proc = pyengine(*args)
-    assert_one_line_error(proc, 2, container, "authentication")
+    assert_one_line_error(proc, 3, container, "authentication")
     for secret in (wrong_key, azurite.account_key):
         assert secret not in proc.stdout + proc.stderr
     assert blobs_of(azurite, container) == {}
 
 
-def test_no_credential_at_all_exits_2_with_one_line_error(
+def test_no_credential_at_all_exits_3_with_one_line_error(
     azurite: Any, container: str, tmp_path: Path
 ) -> None:
     # no SAS, no connection string, no AZURE_STORAGE_KEY: azure-identity is the last resort
@@ -125,7 +125,7 @@ def test_no_credential_at_all_exits_2_with_one_line_error(
     src = tmp_path / "src"
     make_tree(src, {"a.dcm": 1})
     proc = pyengine("copy", str(src), container, "--journal", str(tmp_path / "j.sqlite"))
-    assert_one_line_error(proc, 2, container, "credential")
+    assert_one_line_error(proc, 3, container, "credential")
 
 
 def test_missing_container_without_create_container_exits_2(azurite: Any, tmp_path: Path) -> None:

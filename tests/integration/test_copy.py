@@ -331,7 +331,8 @@ def test_dry_run_sends_nothing_and_plans_every_file(
     src = tmp_path / "src"
     make_tree(src, sizes)
     report, events = run_copy(src, container + "/p", options(azurite, tmp_path, dry_run=True))
-    assert report.dry_run and (report.files_skipped, report.files_copied) == (2, 0)
+    assert report.dry_run and (report.files_to_copy, report.files_copied) == (2, 0)
+    assert (report.files_skipped, report.files_up_to_date) == (0, 0)
     planned = sorted((e.path, e.blob, e.bytes) for e in events if e.kind == "file_planned")
     assert planned == sorted((rel, "p/" + rel, n) for rel, n in sizes.items())
     assert download_all(azurite, container) == {}

@@ -4,6 +4,7 @@ in it, schema versions, file ids, and paging with flat memory. Group commit: tes
 from __future__ import annotations
 
 import itertools
+import re
 import sqlite3
 import tracemalloc
 from pathlib import Path
@@ -59,8 +60,7 @@ def test_identity_change_starts_over_with_new_upload_id_and_no_blocks(db_path: P
 
         new = begin(j, job_id, "a.dcm", mtime_ns=2)  # touched at the source since
         assert new.upload_id != old.upload_id
-        assert len(new.upload_id) == 32
-        assert int(new.upload_id, 16) >= 0
+        assert re.fullmatch(r"[0-9a-f]{32}", new.upload_id)  # block IDs are built from it
         assert new.state == "planned"
         assert new.previous_state == "changed"
         assert new.acked_blocks == {}
@@ -73,6 +73,33 @@ def test_identity_change_starts_over_with_new_upload_id_and_no_blocks(db_path: P
         assert stored is not None
         assert (stored.upload_id, stored.mtime_ns) == (new.upload_id, 2)
     assert rows_seen_by_other_connection(db_path, "SELECT count(*) FROM blocks") == 0
+
+
+def test_upload_ids_are_lowercase_hex_distinct_per_file_and_stable_across_reopen(
+    db_path: Path,
+) -> None:
+    paths = [f"u/{i:02d}.dcm" for i in range(20)]
+    with Journal.open(db_path) as j:
+        job_id = j.create_job("/pacs", DEST, {})
+        ids = {path: begin(j, job_id, path).upload_id for path in paths}
+        j.flush()
+    assert all(re.fullmatch(r"[0-9a-f]{32}", u) for u in ids.values()), ids
+    assert len(set(ids.values())) == len(paths)  # a stale block of another file never matches
+    with Journal.open(db_path) as j:
+        for path in paths:
+            again = j.file_record(job_id, path)
+            assert again is not None and again.upload_id == ids[path]
+
+
+def test_job_marked_interrupted_is_resumed_by_the_next_run_and_listed_so(db_path: Path) -> None:
+    with Journal.open(db_path) as j:
+        job_id = j.create_job("/pacs", DEST, {})
+        j.finish_job(job_id, "interrupted")
+    with Journal.open(db_path) as j:
+        assert j.get_job(job_id).status == "interrupted"
+        assert j.find_unfinished_job("/pacs", DEST) == job_id
+        j.finish_job(job_id, "completed")
+        assert j.find_unfinished_job("/pacs", DEST) is None
 
 
 def test_summary_adds_up_across_two_resumes(db_path: Path) -> None:
