@@ -11,7 +11,8 @@ from __future__ import annotations
 class PyEngineError(Exception):
     """Base of every error pyengine raises on purpose."""
 
-    #: exit code the CLI uses when this error aborts the whole job
+    #: exit code the CLI uses when this error aborts the whole command (the table in
+    #: pyengine/cli/common.py: 1 failed, 2 usage or configuration, 3 destination)
     exit_code = 1
 
     def __init__(self, subject: str, reason: str) -> None:
@@ -41,11 +42,15 @@ class FileChangedError(SourceError):
 
 
 class DestinationError(PyEngineError):
-    """The destination refused a request (auth, missing container, invalid name, quota)."""
+    """The destination refused a request (auth, missing container, invalid name, quota). Raised
+    out of a command it means the destination could not be reached or refused us (exit 3); a
+    per-file refusal is counted in the report instead."""
+
+    exit_code = 3
 
 
 class AuthError(DestinationError):
-    exit_code = 2
+    """Credentials missing, refused or expired."""
 
 
 class ContainerNotFoundError(DestinationError):

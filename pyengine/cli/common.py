@@ -13,12 +13,6 @@ import math
 from rich.console import Console
 
 from pyengine.errors import (
-    AuthError,
-    ConfigError,
-    ContainerNotFoundError,
-    DestinationError,
-    JobLockedError,
-    JournalError,
     PyEngineError,
 )
 from pyengine.options import MiB
@@ -43,14 +37,9 @@ exit codes:
 
 
 def exit_code_of(error: PyEngineError) -> int:
-    """The exit code of an error that ended a command (the table above)."""
-    if isinstance(error, (ConfigError, JournalError, JobLockedError, ContainerNotFoundError)):
-        return EXIT_USAGE  # the command must change; nothing was changed at the destination
-    if isinstance(error, (AuthError, DestinationError)):
-        # raised out of a command, the destination could not be reached or refused us: a
-        # per-file refusal is counted in the report (exit 1) and never gets here
-        return EXIT_DESTINATION
-    return EXIT_FAILED
+    """The exit code of an error that ended a command (the table above): each error class
+    carries its own (pyengine/errors.py), so the library and the CLI agree."""
+    return error.exit_code
 
 
 # soft_wrap: an error stays on one line whatever the terminal width (scripts grep for it)

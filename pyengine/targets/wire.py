@@ -148,8 +148,9 @@ _MAC_MISMATCH = "is not the same as any computed signature"
 #: Azurite's answer to a wrong SharedKey signature: this code, with no detail element
 _AZURITE_SIGNATURE_CODE = "AuthorizationFailure"
 SIGNATURE_MISMATCH_REASON = (
-    "signature mismatch ({status} {code}): the service computed a different signature; "
-    "a proxy or gateway between pyengine and the service may have altered or dropped headers "
+    "authentication failed, signature mismatch ({status} {code}): the service computed a "
+    "different signature; a proxy or gateway between pyengine and the service may have "
+    "altered or dropped headers "
     "(nginx drops header names holding '_' by default), or the account key is wrong"
 )
 

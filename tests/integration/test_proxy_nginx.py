@@ -170,6 +170,6 @@ def test_underscore_metadata_through_nginx_is_reported_as_a_signature_mismatch(
     with pytest.raises(AuthError) as info:
         asyncio.run(go())
     reason = info.value.reason
-    assert reason.startswith("signature mismatch (403 "), reason
+    assert reason.startswith("authentication failed, signature mismatch (403 "), reason
     assert "altered or dropped headers" in reason
     assert "nginx drops header names holding '_'" in reason

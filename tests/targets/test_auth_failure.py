@@ -51,7 +51,9 @@ Time:2026-11-26T10:25:21.147Z</Message>
 
 def test_azure_mac_mismatch_names_a_signature_mismatch_and_altered_headers() -> None:
     reason = auth_failure_reason(403, "AuthenticationFailed", AZURE_MAC_MISMATCH, shared_key=True)
-    assert reason.startswith("signature mismatch (403 AuthenticationFailed): ")
+    assert reason.startswith(
+        "authentication failed, signature mismatch (403 AuthenticationFailed): "
+    )
     assert "altered or dropped headers" in reason
     assert "nginx drops header names holding '_'" in reason
     assert "account key is wrong" in reason
@@ -69,7 +71,9 @@ def test_azurite_authorization_failure_with_a_shared_key_is_a_signature_mismatch
     reason = auth_failure_reason(
         403, "AuthorizationFailure", AZURITE_BAD_SIGNATURE, shared_key=True
     )
-    assert reason.startswith("signature mismatch (403 AuthorizationFailure): ")
+    assert reason.startswith(
+        "authentication failed, signature mismatch (403 AuthorizationFailure): "
+    )
 
 
 def test_azurite_authorization_failure_with_a_sas_keeps_the_plain_auth_message() -> None:

@@ -332,7 +332,7 @@ def test_wrong_account_key_is_a_one_line_auth_error(azurite: Any, container: str
     msg = info.value.one_line()
     # Azure says AuthenticationFailed for a bad signature; Azurite says AuthorizationFailure
     assert any(
-        f"signature mismatch (403 {code})" in msg
+        f"authentication failed, signature mismatch (403 {code})" in msg
         for code in ("AuthenticationFailed", "AuthorizationFailure")
     ), msg
     assert "or the account key is wrong" in msg
