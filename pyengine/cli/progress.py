@@ -148,6 +148,11 @@ class _Presenter:
                     f"{report.files_rewrapped} blobs had their content key re-wrapped under "
                     "the current KEK (no bytes re-sent)"
                 )
+            if report.foreign_blocks_discarded:
+                lines.append(
+                    f"{report.foreign_blocks_discarded} files had another tool's uncommitted "
+                    "blocks on their blob: discarded, and the file sent again from its start"
+                )
             if report.manifest_path:
                 lines.append(f"manifest: {report.manifest_path}")
         lines.extend(_deletion_lines(report))

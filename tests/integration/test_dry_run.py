@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
 from cli_harness import container_of, copy_args, make_tree, pyengine
 
 pytestmark = pytest.mark.integration

@@ -185,3 +185,22 @@ def test_discarding_refuses_to_truncate_a_blob_made_by_one_put_blob(azurite, con
         with pytest.raises(DestinationError, match="delete the blob"):
             asyncio.run(_discard(azurite, container, "c.dcm"))
         assert blob.download_blob().readall() == b"whole blob, no block list"
+
+
+def test_cli_summary_says_foreign_blocks_were_discarded(azurite, container, tmp_path) -> None:
+    from cli_harness import copy_args
+    from cli_harness import pyengine as run_cli
+
+    src = tmp_path / "src"
+    src.mkdir()
+    # over the 8 MiB single-Put threshold: sent as Put Blocks, which the foreign blocks refuse
+    (src / "big.dcm").write_bytes(bytes(range(251)) * (9 * MiB // 251))
+    with container_client(azurite, container) as cc:
+        cc.get_blob_client("big.dcm").stage_block(AZCOPY_ID, b"left by an AzCopy that died")
+    proc = run_cli(*copy_args(azurite, tmp_path, src, container, "--block-size", "1"))
+    assert proc.returncode == 0, proc.stderr
+    said = [line for line in proc.stderr.splitlines() if "uncommitted blocks" in line]
+    assert said == [
+        "1 files had another tool's uncommitted blocks on their blob: discarded, and the file "
+        "sent again from its start"
+    ], proc.stderr

@@ -14,15 +14,12 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
 from cli_harness import PYENGINE, blobs_of, make_tree, pyengine
 
 from pyengine.state.journal import Journal

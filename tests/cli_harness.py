@@ -1,8 +1,8 @@
 """What every CLI test shares: running `pyengine` as a real subprocess with a clean environment,
 deterministic source trees, reading blobs back, and the one-line error contract.
 
-Imported by tests/cli/test_*.py as ``cli_harness`` (pytest puts this folder on sys.path, as it
-does tests/ for faultproxy.py). Plain functions, not fixtures: the fixtures that start things
+Imported by the CLI and integration tests as ``cli_harness`` (tests/ is on sys.path, beside
+conftest.py, as for faultproxy.py). Plain functions, not fixtures: the fixtures that start things
 (Azurite, a container) live once in tests/conftest.py.
 """
 
