@@ -11,14 +11,18 @@ that ended before the cut.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime
 import io
+import logging
 import re
 import struct
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from pyengine.policy.model import PolicyError
 
@@ -54,6 +58,35 @@ _FIXED_TAGS = {
     "study_date": 0x00080020,
 }
 _CHARSET = 0x00080005
+_TRANSFER_SYNTAX = 0x00020010
+_PIXEL_DATA = 0x7FE00010
+#: an explicit-VR element header with a 32-bit length is 12 bytes, the longest there is
+_MAX_HEADER_BYTES = 12
+
+# pydicom logs (and warns) about invalid values and quotes them: a bad PatientBirthDate would
+# reach our logs. While read_dicom_head runs, its records are dropped (a context variable, so
+# other threads and tasks using pydicom keep their logging).
+_READING = contextvars.ContextVar("pyengine_policy_reading_dicom", default=False)
+
+
+class _DropWhileReading(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _READING.get()
+
+
+for _name in ("pydicom", "pydicom.pixels.utils"):
+    logging.getLogger(_name).addFilter(_DropWhileReading())
+
+
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    token = _READING.set(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        _READING.reset(token)
 
 
 @dataclass(frozen=True)
@@ -102,40 +135,90 @@ def _is_dicom(head: bytes) -> bool:
     return head[_MAGIC_OFFSET : _MAGIC_OFFSET + 4] == _MAGIC
 
 
-def _check_meta(head: bytes) -> None:
-    """Raise PolicyError when the File Meta Information group is not there (PS3.10 §7.1): a
-    file that says "DICM" and then holds something else is malformed, not merely cut short."""
-    start = _MAGIC_OFFSET + 4
-    if len(head) < start + 4:
-        return  # cut before the first element: nothing to judge
-    (group,) = struct.unpack_from("<H", head, start)
-    if group != 0x0002:
-        raise PolicyError("DICOM header", "malformed: no file meta information after 'DICM'")
+def _elements(fp: io.BytesIO, end: int, **kwargs: Any) -> dict[int, Any]:
+    """Raw elements from pydicom's element generator until it ends or the head runs out. A
+    failure within an element header's reach of the end is the cut (the data simply stops
+    there: keep what came before); anywhere else the file is malformed."""
+    from pydicom.filereader import data_element_generator
+
+    found: dict[int, Any] = {}
+    try:
+        for elem in data_element_generator(fp, **kwargs):
+            found[int(elem.tag)] = elem
+    except (ValueError, KeyError, EOFError, NotImplementedError, OverflowError, struct.error) as e:
+        # a value skipped over (not a wanted tag) may leave the position past the end
+        if fp.tell() < end - _MAX_HEADER_BYTES:
+            # the exception text may quote values: only its type goes out
+            raise PolicyError("DICOM header", f"malformed ({type(e).__name__})") from None
+    return found
 
 
-def _complete(ds, tag: int):  # -> element or None
-    """The element ``tag`` if it was read whole; None when absent or cut by the end of head."""
-    if tag not in ds:
+def _syntax(uid: str) -> tuple[bool, bool] | None:
+    """(implicit VR, little endian) of a transfer syntax; None when the data set cannot be
+    read in place (deflated)."""
+    if uid == "1.2.840.10008.1.2":
+        return True, True
+    if uid == "1.2.840.10008.1.2.2":
+        return False, False
+    if uid in ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"):  # deflated, JPIP deflate
         return None
-    raw = ds.get_item(tag)
-    length = getattr(raw, "length", None)
-    value = getattr(raw, "value", None)
-    if (
+    return False, True
+
+
+def _whole(elem: Any) -> bool:
+    """False for the element the cut went through: pydicom hands it back with a short value."""
+    length = getattr(elem, "length", None)
+    value = getattr(elem, "value", None)
+    return not (
         length is not None
         and length != _UNDEFINED_LENGTH
         and isinstance(value, bytes)
         and len(value) < length
-    ):
-        return None
-    return ds[tag]
+    )
 
 
-def _text(ds, tag: int) -> str | None:
-    elem = _complete(ds, tag)
-    if elem is None or elem.value is None:
+def _read_raw(head: bytes, tags: list[int]) -> dict[int, Any]:
+    """The wanted raw elements of the data set that lie whole within ``head``."""
+    start = _MAGIC_OFFSET + 4
+    if len(head) < start + 4:
+        return {}  # cut before the first element
+    (group,) = struct.unpack_from("<H", head, start)
+    if group != 0x0002:
+        raise PolicyError("DICOM header", "malformed: no file meta information after 'DICM'")
+    fp = io.BytesIO(head)
+    fp.seek(start)
+    # PS3.10 §7.1: the File Meta Information is always Explicit VR Little Endian
+    meta = _elements(
+        fp,
+        len(head),
+        is_implicit_VR=False,
+        is_little_endian=True,
+        stop_when=lambda tag, vr, length: tag.group != 0x0002,
+    )
+    uid_elem = meta.get(_TRANSFER_SYNTAX)
+    if uid_elem is None or not _whole(uid_elem):
+        if fp.tell() >= len(head) - _MAX_HEADER_BYTES:
+            return {}  # cut inside the file meta: nothing of the data set to read
+        raise PolicyError("DICOM header", "malformed: no transfer syntax in the file meta")
+    syntax = _syntax(uid_elem.value.decode("ascii", "replace").strip("\0 "))
+    if syntax is None:
+        return {}  # deflated: identifiers unknown, routed by path and dated as missing
+    implicit, little = syntax
+    return _elements(
+        fp,
+        len(head),
+        is_implicit_VR=implicit,
+        is_little_endian=little,
+        stop_when=lambda tag, vr, length: tag >= _PIXEL_DATA,
+        specific_tags=tags,
+    )
+
+
+def _text(ds: Any, tag: int) -> str | None:
+    if tag not in ds:
         return None
-    value = elem.value
-    if isinstance(value, bytes):
+    value = ds[tag].value
+    if value is None or isinstance(value, bytes):
         return None
     if not isinstance(value, str) and hasattr(value, "__iter__"):  # multi-valued
         value = "\\".join(str(v) for v in value)
@@ -155,12 +238,10 @@ def read_dicom_head(
 
     ``attributes``: the keys tenant rules match on (keywords or "GGGGEEEE"; default
     DEFAULT_ATTRIBUTES); ``today`` (default: the local date) judges "study in the future"."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    from pydicom.dataset import Dataset
 
     if not _is_dicom(head):
         return None
-    _check_meta(head)
     keys = tuple(DEFAULT_ATTRIBUTES if attributes is None else attributes)
     wanted: dict[str, int] = {}
     for key in keys:
@@ -168,21 +249,17 @@ def read_dicom_head(
         if tag is not None:
             wanted[key] = tag
     tags = [*_FIXED_TAGS.values(), _BIRTH_DATE, _CHARSET, *wanted.values()]
-    # pydicom warns (and our tests turn warnings into errors) about values that break the
-    # standard; a bad value here is judged below, not reported as a warning.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            ds = pydicom.dcmread(
-                io.BytesIO(head), stop_before_pixels=True, force=False, specific_tags=tags
-            )
+    fixed: dict[str, str | None] = dict.fromkeys(_FIXED_TAGS)
+    birth_text: str | None = None
+    found: dict[str, str | None] = {}
+    with _quiet_pydicom():
+        raw = _read_raw(head, tags)
+        if raw:
+            ds = Dataset({tag: elem for tag, elem in raw.items() if _whole(elem)})
             fixed = {name: _text(ds, tag) for name, tag in _FIXED_TAGS.items()}
             birth_text = _text(ds, _BIRTH_DATE)
             found = {key: _text(ds, tag) for key, tag in wanted.items()}
-        except (InvalidDicomError, ValueError, KeyError, EOFError, struct.error) as e:
-            # the exception text may quote values: only its type goes out
-            raise PolicyError("DICOM header", f"malformed ({type(e).__name__})") from None
-    del ds  # nothing identifying outlives this call
+            del ds, raw  # nothing identifying outlives this call
 
     today = today or datetime.date.today()
     study_date = parse_da(fixed["study_date"]) if fixed["study_date"] else None
@@ -195,11 +272,9 @@ def read_dicom_head(
 
     age_days: int | None = None
     birth = parse_da(birth_text) if birth_text else None
-    if birth_text is None or study_date is None:
-        birth_status = (
-            "missing" if birth_text is None or fixed["study_date"] is None else ("implausible")
-        )
-    elif birth is None or study_status != "ok":
+    if birth_text is None or fixed["study_date"] is None:
+        birth_status = "missing"  # no age can be measured
+    elif birth is None or study_date is None or study_status != "ok":
         birth_status = "implausible"
     else:
         age = (study_date - birth).days
