@@ -19,7 +19,18 @@ def add_parsers(sub: Any) -> None:
     """`copy SOURCE DEST` and `resume JOB`: the same flags (a resume asks for secrets again)."""
     c = sub.add_parser("copy", help="copy a file or a tree into a container")
     c.add_argument("source", help="file or directory to copy")
-    c.add_argument("dest", help="https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX][?SAS]")
+    c.add_argument(
+        "dest",
+        nargs="?",
+        default=None,
+        help="https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX][?SAS] (none with --policy)",
+    )
+    c.add_argument(
+        "--policy",
+        metavar="FILE",
+        default=None,
+        help="migration policy (TOML): each file goes to its tenant's destination",
+    )
     _add_copy_flags(c)
 
     r = sub.add_parser("resume", help="resume an unfinished job (credentials are asked again)")
@@ -201,17 +212,38 @@ def _options_from(args: argparse.Namespace) -> CopyOptions:
     )
 
 
-def _run_copy(source: str, dest: str, options: CopyOptions, as_json: bool) -> int:
+def _run_copy(
+    source: str, dest: str | None, options: CopyOptions, as_json: bool, policy: Any = None
+) -> int:
     from pyengine.engine.job import copy
 
     with _Presenter(as_json) as presenter:
-        report = asyncio.run(copy(source, dest, options, on_event=presenter.on_event))
+        report = asyncio.run(
+            copy(source, dest, options, on_event=presenter.on_event, policy=policy)
+        )
     presenter.summary(report)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
-    return _run_copy(args.source, args.dest, _options_from(args), args.json)
+    if args.policy is None:
+        if args.dest is None:
+            raise ConfigError("copy", "DEST is required (or --policy FILE)")
+        return _run_copy(args.source, args.dest, _options_from(args), args.json)
+    from pyengine.policy import load_policy
+
+    # The policy decides each of these per tenant: given as well, one would silently lose.
+    for flag, given in (
+        ("DEST", args.dest is not None),
+        ("--encrypt", args.encrypt),
+        ("--kek-file", args.kek_file is not None),
+        ("--tier", args.tier is not None),
+        ("--tag", bool(args.tag)),
+    ):
+        if given:
+            raise ConfigError(flag, "not with --policy (the policy decides it per tenant)")
+    policy = load_policy(args.policy)
+    return _run_copy(args.source, None, _options_from(args), args.json, policy)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -224,6 +256,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
     dest = args.dest or info.dest
     opts = _options_from(args)
     saved = info.options
+    if saved.get("policy"):  # one tenant's job of a policy copy: the whole run goes on
+        from pyengine.policy import load_policy
+
+        policy = load_policy(info.options["policy"])
+        keep = {k: tuple(saved.get(k, ())) for k in ("include", "exclude")}
+        opts = CopyOptions(**{**opts.__dict__, **keep, "journal_path": args.journal})
+        return _run_copy(info.source, None, opts, args.json, policy)
     # The job keeps the choices that decide block IDs and payloads; secrets are asked again.
     opts = CopyOptions(
         **{
