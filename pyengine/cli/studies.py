@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.table import Table
 
 from pyengine.cli.common import EXIT_OK, human_bytes
-from pyengine.errors import ConfigError
 
 CSV_COLUMNS = (
     "tenant",
@@ -43,29 +42,17 @@ def add_parser(sub: Any) -> None:
     fmt.add_argument("--csv", action="store_true", help="CSV, one row per study")
 
 
-def run_jobs(journal: Any, job_id: str) -> list[str]:
-    """The job ids of the policy run that job_id belongs to."""
-    info = journal.get_job(job_id)
-    if "tenant" not in info.options:
-        raise ConfigError(job_id, "not a policy copy (pyengine copy SRC --policy FILE)")
-    run = info.options.get("policy_run") or info.job_id
-    return [
-        j.job_id
-        for j in journal.list_jobs()
-        if "tenant" in j.options and (j.options.get("policy_run") or j.job_id) == run
-    ]
-
-
 def cmd_studies(args: argparse.Namespace) -> int:
     from pyengine.state import studies
     from pyengine.state.journal import Journal
 
     with Journal.open_existing(args.journal) as journal:
-        job_ids = run_jobs(journal, args.job)
+        jobs = studies.run_jobs(journal, args.job)
+        job_ids = [j.job_id for j in jobs]
         if not studies.has_table(journal):
             rows, totals = [], []
         else:
-            rows, totals = studies.study_table(journal, job_ids)
+            rows, totals = studies.study_table(journal, jobs)
     if args.json:
         doc = {
             "jobs": job_ids,

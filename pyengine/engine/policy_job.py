@@ -140,6 +140,8 @@ class PolicyJob(_Job):
         self.routing = Routing()
         self.today = datetime.date.today()  # one copy date for the whole run
         self.lanes: dict[str, _Job] = {}
+        #: every job of this policy run, earlier runs' included (set when the jobs are open)
+        self.run_job_ids: list[str] = []
         kids: dict[str, str] = {}
         dests: dict[str, str] = {}
         for tenant in policy.tenants:
@@ -218,7 +220,7 @@ class PolicyJob(_Job):
         """A file counted done with no study row in this job: read its head (one chunk)."""
         journal = ctx.journal
         assert journal is not None
-        if studies.has_row(journal, record.job_id, record.rel_path):
+        if studies.has_row(journal, self.run_job_ids, ctx.tenant, record.rel_path):
             return
         src = SourceFile(
             path=os.path.join(ctx.source, record.rel_path) if record.rel_path else ctx.source,
@@ -327,11 +329,14 @@ class PolicyJob(_Job):
             name: journal.find_unfinished_job(ctx.source, lane.ctx.dest.redacted())
             for name, lane in self.lanes.items()
         }
+        jobs = {j.job_id: j for j in journal.list_jobs()}
         run_id: str | None = None
-        jobs = {j.job_id: j for j in journal.list_jobs()} if any(found.values()) else {}
         for job_id in found.values():
             if job_id is not None and run_id is None:
-                run_id = jobs[job_id].options.get("policy_run") or job_id
+                run_id = studies.run_of(jobs[job_id])
+        if run_id is None:  # a re-run continues the run of the last copy (studies follow)
+            dests = [lane.ctx.dest.redacted() for lane in self.lanes.values()]
+            run_id = studies.latest_run(journal, ctx.source, dests)
         for name, lane in self.lanes.items():
             lctx, job_id = lane.ctx, found[name]
             lctx.journal = journal
@@ -357,6 +362,7 @@ class PolicyJob(_Job):
                 run_id = run_id or job_id
             lctx.report.job_id = job_id
         assert run_id is not None
+        self.run_job_ids = [j.job_id for j in studies.run_jobs(journal, run_id)]
         return run_id
 
     async def _run_journaled_policy(self, journal: Journal) -> None:

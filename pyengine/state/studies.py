@@ -5,7 +5,9 @@ A policy copy (engine/policy_job.py) writes one ``study_files`` row per file it 
 study / series / SOP instance UIDs, modality, retain-until, tier, retention flag): never a
 patient name, ID or birth date. The rows join the journal's ``files`` table on (job_id,
 rel_path), so a file's state (committed, failed, pending) is always the journal's own; a
-resumed job or a re-run rewrites a path's row, so the table follows the source as it is now.
+resumed job or a re-run adds rows under its own job; per file the newest placement and
+the newest state of the run
+count, so the table follows the source as it is now.
 
 The table lives in the journal file, created with CREATE TABLE IF NOT EXISTS when a policy job
 opens the journal (a journal without policy jobs never has it), and its rows are written through
@@ -25,7 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyengine.state.journal import Journal
+from pyengine.errors import ConfigError
+from pyengine.state.journal import JobInfo, Journal
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS study_files ("
@@ -38,17 +41,13 @@ SQL_PUT = (
     "INSERT OR REPLACE INTO study_files (job_id, rel_path, tenant, study_uid, series_uid,"
     " sop_uid, modality, retain_until, tier, flag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# The newest row per (tenant, path) over the run's jobs (job ids sort by creation), with the
-# state of that job's file row.
-SQL_ROWS = """
-SELECT s.tenant, s.study_uid, s.series_uid, s.modality, s.retain_until, s.tier, s.flag,
-       f.state, f.blake3_hex, f.size_bytes
-FROM study_files s
-JOIN (SELECT tenant, rel_path, MAX(job_id) AS job_id FROM study_files
-      WHERE job_id IN ({marks}) GROUP BY tenant, rel_path) latest
-  ON latest.job_id = s.job_id AND latest.rel_path = s.rel_path
-LEFT JOIN files f ON f.job_id = s.job_id AND f.rel_path = s.rel_path
-"""
+SQL_PLACED = (
+    "SELECT job_id, rel_path, study_uid, series_uid, modality, retain_until, tier, flag"
+    " FROM study_files WHERE job_id IN ({marks})"
+)
+SQL_STATES = (
+    "SELECT job_id, rel_path, state, blake3_hex, size_bytes FROM files WHERE job_id IN ({marks})"
+)
 
 
 @dataclass(frozen=True)
@@ -94,12 +93,47 @@ def record(journal: Journal, job_id: str, rel_path: str, file_id: int, row: Stud
     journal._append(SQL_PUT, params, file_id, (job_id, rel_path))
 
 
-def has_row(journal: Journal, job_id: str, rel_path: str) -> bool:
-    journal._flush_if_touched(path=(job_id, rel_path))
+def has_row(journal: Journal, job_ids: list[str], tenant: str, rel_path: str) -> bool:
+    """Whether some job of the run (job_ids) placed this tenant's file."""
+    for job_id in job_ids:
+        journal._flush_if_touched(path=(job_id, rel_path))
     rows = journal._read(
-        "SELECT 1 FROM study_files WHERE job_id = ? AND rel_path = ?", (job_id, rel_path)
+        f"SELECT 1 FROM study_files WHERE job_id IN ({', '.join('?' * len(job_ids))})"
+        " AND tenant = ? AND rel_path = ? LIMIT 1",
+        (*job_ids, tenant, rel_path),
     )
     return bool(rows)
+
+
+def is_policy_job(info: JobInfo) -> bool:
+    return "tenant" in info.options
+
+
+def run_of(info: JobInfo) -> str:
+    """The id of the policy run a tenant's job belongs to (its first job's id)."""
+    return info.options.get("policy_run") or info.job_id
+
+
+def run_jobs(journal: Journal, job_id: str) -> list[JobInfo]:
+    """Every job of the policy run that job_id belongs to, oldest first (a resume adds none; a
+    re-run adds one per tenant)."""
+    info = journal.get_job(job_id)
+    if not is_policy_job(info):
+        raise ConfigError(job_id, "not a policy copy (pyengine copy SRC --policy FILE)")
+    run = run_of(info)
+    return [j for j in journal.list_jobs() if is_policy_job(j) and run_of(j) == run]
+
+
+def latest_run(journal: Journal, source: str, dests: Iterable[str]) -> str | None:
+    """The run of the newest policy job of this source into one of these destinations: a
+    re-run continues it, so its study manifest follows the source."""
+    wanted = set(dests)
+    runs = [
+        run_of(j)
+        for j in journal.list_jobs()
+        if is_policy_job(j) and j.source == source and j.dest in wanted
+    ]
+    return runs[-1] if runs else None
 
 
 @dataclass
@@ -163,15 +197,34 @@ class TenantTotals:
         }
 
 
-def study_table(journal: Journal, job_ids: Iterable[str]) -> tuple[list[Study], list[TenantTotals]]:
-    """Studies (by tenant, then study UID) and per-tenant totals over a policy run's jobs."""
-    ids = list(job_ids)
+def _latest(
+    journal: Journal, sql: str, jobs: list[JobInfo]
+) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """(tenant, rel_path) -> the row of the newest job of the run that has one."""
+    order = {j.job_id: i for i, j in enumerate(jobs)}
+    tenant = {j.job_id: j.options["tenant"] for j in jobs}
+    ids = list(order)
+    rows: dict[tuple[str, str], tuple[Any, ...]] = {}
+    newest: dict[tuple[str, str], int] = {}
+    for row in journal._read(sql.format(marks=", ".join("?" * len(ids))), ids):
+        key = (tenant[row[0]], row[1])
+        if order[row[0]] >= newest.get(key, -1):
+            newest[key] = order[row[0]]
+            rows[key] = row[2:]
+    return rows
+
+
+def study_table(journal: Journal, jobs: list[JobInfo]) -> tuple[list[Study], list[TenantTotals]]:
+    """Studies (by tenant, then study UID) and per-tenant totals over a policy run's jobs
+    (oldest first): per file its newest placement and its newest state in the run."""
     journal._flush_if_any()
-    sql = SQL_ROWS.format(marks=", ".join("?" * len(ids)))
+    placed = _latest(journal, SQL_PLACED, jobs)
+    states = _latest(journal, SQL_STATES, jobs)
     studies: dict[tuple[str, str], Study] = {}
     totals: dict[str, TenantTotals] = {}
-    for row in journal._read(sql, ids):
-        tenant, study_uid, series_uid, modality, retain, tier, flag, state, b3, size = row
+    for (tenant, rel_path), row in placed.items():
+        study_uid, series_uid, modality, retain, tier, flag = row
+        state, b3, size = states.get((tenant, rel_path), (None, None, 0))
         t = totals.setdefault(tenant, TenantTotals(tenant))
         done = (state == "committed" and bool(b3)) or state == "skipped"
         if study_uid is None:

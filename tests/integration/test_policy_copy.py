@@ -34,6 +34,7 @@ from pyengine.policy.sample import (
 )
 
 TENANTS = ("north", "south")
+PYENGINE = [sys.executable, "-m", "pyengine.cli"]
 PLANTED = (PLANTED_PATIENT_NAME, PLANTED_PATIENT_ID, *PLANTED_BIRTH_DATES)
 
 
@@ -137,7 +138,10 @@ def test_policy_copy_places_each_file_in_its_tenant_with_its_key_tier_tags_and_i
     lines = [json.loads(line) for line in manifest.splitlines()]
     by_path = {line["path"]: line for line in lines}
     assert by_path["north/study1/adult.dcm"]["tenant"] == "north"
-    assert by_path["north/study1/adult.dcm"]["study_uid"] == expected["north/study1/adult.dcm"].study_uid
+    assert (
+        by_path["north/study1/adult.dcm"]["study_uid"]
+        == expected["north/study1/adult.dcm"].study_uid
+    )
     for path in (report.manifest_path, tmp_path / "journal.db"):
         raw = Path(path).read_bytes()
         assert not any(v.encode() in raw for v in PLANTED), path
@@ -147,8 +151,7 @@ def test_policy_copy_refuses_dest_and_per_tenant_flags(tmp_path, azurite, monkey
     policy_path, _, _ = _setup(tmp_path, azurite.account_url, azurite, monkeypatch)
     for extra in (["https://a.blob.core.windows.net/c"], ["--tier", "Hot"], ["--tag", "a=b"]):
         out = subprocess.run(
-            [sys.executable, "-m", "pyengine", "copy", str(tmp_path / "src"), *extra]
-            + ["--policy", str(policy_path), "--journal", str(tmp_path / "j.db")],
+            [*PYENGINE, "copy", str(tmp_path / "src"), *extra, "--policy", str(policy_path)],
             capture_output=True,
             text=True,
         )
@@ -181,7 +184,7 @@ def test_study_manifest_counts_are_exact_after_kill_and_resume_and_rerun(
         per_study[f.study_uid] = 13
     total = sum(per_study.values()) + 2 * 2  # + per tenant a malformed file and a report
     journal = tmp_path / "journal.db"
-    cmd = [sys.executable, "-m", "pyengine", "copy", str(src), "--policy", str(policy_path)]
+    cmd = [*PYENGINE, "copy", str(src), "--policy", str(policy_path)]
     cmd += ["--journal", str(journal), "--json", "--max-requests-per-s", "40"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -192,31 +195,58 @@ def test_study_manifest_counts_are_exact_after_kill_and_resume_and_rerun(
     proc.wait()
     assert _committed(journal) < total - 4
 
-    def studies_json() -> dict:
-        jobs = subprocess.run(
-            [sys.executable, "-m", "pyengine", "jobs", "list", "--json", "--journal", str(journal)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        job_id = json.loads(jobs.stdout.splitlines()[0])["job_id"]
+    def studies_json(job_id: str) -> dict:
         out = subprocess.run(
-            [sys.executable, "-m", "pyengine", "studies", job_id, "--json"]
-            + ["--journal", str(journal)],
+            [*PYENGINE, "studies", job_id, "--json", "--journal", str(journal)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         assert not any(v in out.stdout for v in PLANTED)
         return json.loads(out.stdout)
 
-    for _run in ("resume", "re-run"):
+    first_job = None
+    for run in ("resume", "re-run"):
         out = subprocess.run(cmd, capture_output=True, text=True)
         assert out.returncode == 1, out.stderr  # the malformed files fail, every time
         assert not any(v in out.stdout + out.stderr for v in PLANTED)
-        doc = studies_json()
-        got = {s["study_uid"]: s for s in doc["studies"]}
-        assert set(got) == set(per_study)
-        for uid, n in per_study.items():
-            s = got[uid]
-            assert (s["instances"], s["committed"], s["failed"]) == (n, n, 0), (_run, s)
-            assert s["series"] == 1 and s["modalities"] == ["CT"]
-            assert s["status"] == "complete"
-        for t in doc["tenants"]:
-            assert (t["studies"], t["complete"], t["other_files"]) == (5, 5, 1)
+        events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        started = next(e for e in events if e.get("kind") == "job_started")
+        assert started["extra"]["resumed"] == (run == "resume")
+        first_job = first_job or started["extra"]["job_id"]
+        for job_id in {first_job, *started["extra"]["tenants"].values()}:
+            doc = studies_json(job_id)  # any job of the run shows the run's table
+            got = {s["study_uid"]: s for s in doc["studies"]}
+            assert set(got) == set(per_study)
+            for uid, n in per_study.items():
+                s = got[uid]
+                assert (s["instances"], s["committed"], s["failed"]) == (n, n, 0), (run, s)
+                assert s["series"] == 1 and s["modalities"] == ["CT"]
+                assert s["status"] == "complete"
+            for t in doc["tenants"]:
+                assert (t["studies"], t["complete"], t["other_files"]) == (5, 5, 1)
+
+
+def test_resumed_copy_restores_a_study_row_lost_with_the_last_journal_batch(
+    tmp_path, azurite, monkeypatch
+):
+    """A kill after Put Blob and before the journal's group commit loses the file's state and
+    study row together; the resume finds the blob its own, counts it copied, and reads the
+    file's head again so the study is still counted."""
+    policy_path, expected, _ = _setup(tmp_path, azurite.account_url, azurite, monkeypatch)
+    journal = tmp_path / "journal.db"
+    options = CopyOptions(journal_path=str(journal))
+    policy = load_policy(policy_path)
+    asyncio.run(copy(tmp_path / "src", options=options, policy=policy))
+    lost = "north/study1/adult.dcm"
+    with sqlite3.connect(journal) as db:  # what that lost batch would have held
+        db.execute("DELETE FROM study_files WHERE rel_path = ?", (lost,))
+        db.execute("UPDATE files SET state = 'uploading' WHERE rel_path = ?", (lost,))
+        db.execute("UPDATE jobs SET status = 'running'")
+    report = asyncio.run(copy(tmp_path / "src", options=options, policy=policy))
+    assert report.blocks_sent == 0 and report.files_copied == len(expected) - 2
+    out = subprocess.run(
+        [*PYENGINE, "studies", report.job_id, "--json", "--journal", str(journal)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    got = {s["study_uid"]: s for s in json.loads(out.stdout)["studies"]}
+    s = got[expected[lost].study_uid]
+    assert (s["instances"], s["committed"], s["status"]) == (1, 1, "complete")
