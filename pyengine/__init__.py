@@ -3,6 +3,7 @@ reads, hashes and encrypts.
 
 report = await pyengine.copy("/archive", "https://acct.blob.core.windows.net/pacs/2026",
                              pyengine.CopyOptions(encrypt=True, kek=pyengine.load_kek_file("k")))
+report = await pyengine.copy("/archive", policy=pyengine.load_policy("policy.toml"))
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -22,6 +23,7 @@ from .errors import (
     SourceError,
 )
 from .options import CopyOptions, RetryPolicy
+from .policy import Policy, load_policy
 
 try:
     __version__ = version("pyengine")
@@ -39,10 +41,12 @@ __all__ = [
     "IntegrityError",
     "JournalError",
     "LocalKeyWrapper",
+    "Policy",
     "PyEngineError",
     "RetryPolicy",
     "SourceError",
     "__version__",
     "copy",
     "load_kek_file",
+    "load_policy",
 ]

@@ -69,7 +69,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
             d["modalities"] = "/".join(d["modalities"])
             w.writerow([d[c] for c in CSV_COLUMNS])
         return EXIT_OK
-    console = Console(soft_wrap=True)
+    # a study UID is up to 64 characters: wide enough not to fold it, even into a pipe
+    console = Console(width=max(Console().width, 180))
     table = Table(*CSV_COLUMNS, title=f"studies of {', '.join(job_ids)}")
     for s in rows:
         d = s.to_json()
@@ -89,7 +90,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
     console.print(table)
     tt = Table(
         "tenant", "studies", "complete", "incomplete", "instances", "committed", "failed",
-        "bytes", "other files", title="per tenant",
+        "bytes", "other files", "failed, no study", title="per tenant",
     )  # fmt: skip
     for t in totals:
         d = t.to_json()
@@ -100,6 +101,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
             str(d["failed"]),
             human_bytes(d["bytes"]),
             str(d["other_files"]),
+            str(d["failed_unplaced"]),
         )
     console.print(tt)
     return EXIT_OK

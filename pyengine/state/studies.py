@@ -182,6 +182,9 @@ class TenantTotals:
     size_bytes: int = 0
     #: files of the tenant that are not DICOM instances of a study (path rules only)
     other_files: int = 0
+    #: files that failed before the policy could place them (unreadable, malformed DICOM):
+    #: no study can claim them
+    failed_unplaced: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -194,6 +197,7 @@ class TenantTotals:
             "failed": self.failed,
             "bytes": self.size_bytes,
             "other_files": self.other_files,
+            "failed_unplaced": self.failed_unplaced,
         }
 
 
@@ -245,6 +249,9 @@ def study_table(journal: Journal, jobs: list[JobInfo]) -> tuple[list[Study], lis
             s.tiers.add(tier)
         if flag:
             s.flags.add(flag)
+    for (tenant, rel_path), (state, _, _) in states.items():
+        if state == "failed" and (tenant, rel_path) not in placed:
+            totals.setdefault(tenant, TenantTotals(tenant)).failed_unplaced += 1
     ordered = [studies[k] for k in sorted(studies)]
     for s in ordered:
         t = totals[s.tenant]

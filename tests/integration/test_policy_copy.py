@@ -227,6 +227,7 @@ def test_study_manifest_counts_are_exact_after_kill_and_resume_and_rerun(
                 assert s["status"] == "complete"
             for t in doc["tenants"]:
                 assert (t["studies"], t["complete"], t["other_files"]) == (5, 5, 1)
+                assert t["failed_unplaced"] == 1  # the malformed file
 
 
 def test_resumed_copy_restores_a_study_row_lost_with_the_last_journal_batch(
