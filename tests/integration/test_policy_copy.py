@@ -208,8 +208,15 @@ def test_study_manifest_counts_are_exact_after_kill_and_resume_and_rerun(
         return json.loads(out.stdout)
 
     first_job = None
-    for run in ("resume", "re-run"):
-        out = subprocess.run(cmd, capture_output=True, text=True)
+    jobs = subprocess.run(
+        [*PYENGINE, "jobs", "list", "--json", "--journal", str(journal)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    killed_job = json.loads(jobs.stdout.splitlines()[0])["job_id"]
+    # `resume JOB` of one tenant's job goes on with the whole policy; then the same command again
+    resume = [*PYENGINE, "resume", killed_job, "--journal", str(journal), "--json"]
+    for run, argv in (("resume", resume), ("re-run", cmd)):
+        out = subprocess.run(argv, capture_output=True, text=True)
         assert out.returncode == 1, out.stderr  # the malformed files fail, every time
         assert not any(v in out.stdout + out.stderr for v in PLANTED)
         events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
@@ -255,3 +262,11 @@ def test_resumed_copy_restores_a_study_row_lost_with_the_last_journal_batch(
     got = {s["study_uid"]: s for s in json.loads(out.stdout)["studies"]}
     s = got[expected[lost].study_uid]
     assert (s["instances"], s["committed"], s["status"]) == (1, 1, "complete")
+    # each tenant's job is a plain job to `verify JOB`: its own destination, its own blobs
+    env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    for job_id in json.loads(out.stdout)["jobs"]:
+        check = subprocess.run(
+            [*PYENGINE, "verify", job_id, "--journal", str(journal)],
+            capture_output=True, text=True, env=env,
+        )  # fmt: skip
+        assert check.returncode == 0, check.stdout + check.stderr
