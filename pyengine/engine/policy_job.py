@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import logging
 import os
 import time
 from email.utils import format_datetime
@@ -39,7 +40,7 @@ from pyengine.engine.job import _Job
 from pyengine.engine.report import CopyReport
 from pyengine.engine.scan import SourceFile, display_path
 from pyengine.engine.send import HEAD_BYTES, Routing
-from pyengine.errors import ConfigError, SourceError
+from pyengine.errors import ConfigError, PyEngineError, SourceError
 from pyengine.options import CopyOptions
 from pyengine.policy import Placement, Policy, PolicyError, Tenant
 from pyengine.state import studies
@@ -47,6 +48,8 @@ from pyengine.state.joblock import JobLock, job_lock_path
 from pyengine.state.journal import FileRecord, Journal, default_journal_path
 from pyengine.state.manifest import ManifestWriter, default_manifest_path
 from pyengine.targets.azure_blob import BlobStore, parse_destination, redact, resolve_credential
+
+log = logging.getLogger("pyengine")
 
 ATTRIBUTE_ROUTING = "routing that needs the tenant before encryption must use path rules"
 
@@ -124,7 +127,12 @@ class _PolicyContext(JobContext):
     async def outcome(self, rel_path: str, status: str, **kw: Any) -> None:
         record: FileRecord | None = kw.get("record")
         if status in ("copied", "skipped") and record is not None and rel_path not in self.placed:
-            await self.run.recover_study(self, record)
+            try:
+                await self.run.recover_study(self, record)
+            except (PyEngineError, OSError) as e:
+                # the file itself is done; only its study row is missing (counted as not found)
+                why = e.reason if isinstance(e, PyEngineError) else e.strerror or type(e).__name__
+                log.warning("%s: study not recorded: %s", display_path(rel_path), why)
         await super().outcome(rel_path, status, **kw)
 
 
