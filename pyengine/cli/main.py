@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from pyengine import __version__
-from pyengine.cli import copy, jobs, rekey, studies, verify
+from pyengine.cli import copy, jobs, policy, rekey, studies, verify
 from pyengine.cli.common import EXIT_USAGE, Parser, stderr
 
 # Re-exported: tests/integration/test_faults.py drives the presenter through this module.
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_parser(sub)
     rekey.add_parser(sub)
     studies.add_parser(sub)
+    policy.add_parser(sub)
 
     from pyengine.bench import add_bench_parser
 
@@ -57,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "verify": verify.cmd_verify,
         "rekey": rekey.cmd_rekey,
         "studies": studies.cmd_studies,
+        "policy": policy.cmd_policy,
     }
     try:
         if args.command == "bench":

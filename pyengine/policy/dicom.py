@@ -3,10 +3,12 @@ pipeline has already read (never a second open): identifiers of the study, its d
 patient's age at the study (the birth date itself is never kept), and the attributes tenant
 rules match on.
 
-Parsing is pydicom's (``stop_before_pixels``, ``specific_tags``). pydicom reads a truncated
-buffer without complaint but hands back the element the cut went through with a short value;
-such a partial element is dropped here, so a head cut anywhere yields exactly the attributes
-that ended before the cut.
+Parsing is pydicom's element reader (``data_element_generator`` with ``specific_tags``, stopping
+before Pixel Data: what ``dcmread(stop_before_pixels=True)`` does inside). It is called directly
+because ``dcmread`` raises when the head ends inside an element header and the whole data set is
+lost, and returns the element the cut went through with a short value; here a failure at the
+end of the head is the cut, a partial element is dropped, and so a head cut anywhere yields
+exactly the attributes that ended before the cut. A failure anywhere else is a malformed file.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ __all__ = [
     "read_dicom_head",
 ]
 
-#: leading bytes of a file the engine hands to read_dicom_head. The attributes we read sit in
-#: groups 0008-0020, ahead of the pixels; measured on vendor CT/MR files they end within the
-#: first 4-16 KiB, private groups included, so 64 KiB leaves room for long private headers.
+#: leading bytes of a file the engine hands to read_dicom_head. The attributes read here sit in
+#: groups 0008-0020, ahead of any private group and of the pixels, so a head this long holds
+#: them unless sequences before them are very long (then they are missing, not wrong).
 HEAD_BYTES: int = 64 * 1024
 
 #: PS3.10 §7.1: a 128-byte preamble, then "DICM"
@@ -63,9 +65,10 @@ _PIXEL_DATA = 0x7FE00010
 #: an explicit-VR element header with a 32-bit length is 12 bytes, the longest there is
 _MAX_HEADER_BYTES = 12
 
-# pydicom logs (and warns) about invalid values and quotes them: a bad PatientBirthDate would
+# pydicom logs (and warns) about invalid values and may quote them: header values must not
 # reach our logs. While read_dicom_head runs, its records are dropped (a context variable, so
-# other threads and tasks using pydicom keep their logging).
+# other threads and tasks using pydicom keep their logging); its warnings are silenced with
+# warnings.catch_warnings, which is process-wide: call read_dicom_head from one thread.
 _READING = contextvars.ContextVar("pyengine_policy_reading_dicom", default=False)
 
 
@@ -135,6 +138,19 @@ def _is_dicom(head: bytes) -> bool:
     return head[_MAGIC_OFFSET : _MAGIC_OFFSET + 4] == _MAGIC
 
 
+#: what pydicom raises on a corrupt element, reading or converting it
+_CONVERSION_ERRORS = (
+    ValueError,
+    KeyError,
+    EOFError,
+    NotImplementedError,
+    OverflowError,
+    TypeError,
+    IndexError,
+    struct.error,
+)
+
+
 def _elements(fp: io.BytesIO, end: int, **kwargs: Any) -> dict[int, Any]:
     """Raw elements from pydicom's element generator until it ends or the head runs out. A
     failure within an element header's reach of the end is the cut (the data simply stops
@@ -145,7 +161,7 @@ def _elements(fp: io.BytesIO, end: int, **kwargs: Any) -> dict[int, Any]:
     try:
         for elem in data_element_generator(fp, **kwargs):
             found[int(elem.tag)] = elem
-    except (ValueError, KeyError, EOFError, NotImplementedError, OverflowError, struct.error) as e:
+    except _CONVERSION_ERRORS as e:
         # a value skipped over (not a wanted tag) may leave the position past the end
         if fp.tell() < end - _MAX_HEADER_BYTES:
             # the exception text may quote values: only its type goes out
@@ -256,10 +272,14 @@ def read_dicom_head(
         raw = _read_raw(head, tags)
         if raw:
             ds = Dataset({tag: elem for tag, elem in raw.items() if _whole(elem)})
-            fixed = {name: _text(ds, tag) for name, tag in _FIXED_TAGS.items()}
-            birth_text = _text(ds, _BIRTH_DATE)
-            found = {key: _text(ds, tag) for key, tag in wanted.items()}
-            del ds, raw  # nothing identifying outlives this call
+            try:
+                fixed = {name: _text(ds, tag) for name, tag in _FIXED_TAGS.items()}
+                birth_text = _text(ds, _BIRTH_DATE)
+                found = {key: _text(ds, tag) for key, tag in wanted.items()}
+            except _CONVERSION_ERRORS as e:  # e.g. an unknown VR: the element is corrupt
+                raise PolicyError("DICOM header", f"malformed ({type(e).__name__})") from None
+            finally:
+                del ds, raw  # nothing identifying outlives this call
 
     today = today or datetime.date.today()
     study_date = parse_da(fixed["study_date"]) if fixed["study_date"] else None

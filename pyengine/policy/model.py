@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -52,12 +51,23 @@ class MatchRule:
             if info is None:  # not DICOM: a rule on DICOM attributes cannot hold
                 return False
             for key, pattern in self.dicom:
-                value = info.attributes.get(key)
+                value = info.attributes.get(key) or _fixed_attribute(info, key)
                 if value is None:
                     return False
                 if not glob_regex(pattern, ignore_case=True, segments=False).fullmatch(value):
                     return False
         return True
+
+
+def _fixed_attribute(info: DicomInfo, key: str) -> str | None:
+    """Attributes every DicomInfo carries, matched even when the caller did not ask for them."""
+    fixed = {
+        "Modality": info.modality,
+        "StudyInstanceUID": info.study_uid,
+        "SeriesInstanceUID": info.series_uid,
+        "SOPInstanceUID": info.sop_uid,
+    }
+    return fixed.get(key)
 
 
 @dataclass(frozen=True)
@@ -278,7 +288,3 @@ def tier_name(text: str) -> str | None:
         if tier.lower() == text.lower():
             return tier
     return None
-
-
-def names(tenants: Iterable[Tenant]) -> list[str]:
-    return [t.name for t in tenants]

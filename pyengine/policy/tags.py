@@ -9,6 +9,7 @@ from DICOM headers are sanitised by replacing any other character with "_".
 
 from __future__ import annotations
 
+import datetime
 import re
 
 from pyengine.policy.dicom import DicomInfo
@@ -49,7 +50,7 @@ def blob_tags(
     tenant: Tenant,
     info: DicomInfo | None,
     *,
-    retain_until,
+    retain_until: datetime.date,
     tier_band_days: int | None,
 ) -> dict[str, str]:
     tags: dict[str, str] = {"tenant": sanitise_value(tenant.name)}

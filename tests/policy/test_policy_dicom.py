@@ -9,6 +9,8 @@ import logging
 import warnings
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -197,3 +199,24 @@ def test_a_deflated_data_set_is_dicom_without_attributes():
     info = read_dicom_head(dicom_bytes(syntax=DeflatedExplicitVRLittleEndian), today=TODAY)
     assert info is not None
     assert info.study_uid is None and info.birth_date_status == "missing"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    flips=st.lists(st.tuples(st.integers(132, 10_000), st.integers(0, 255)), max_size=8),
+    cut=st.integers(132, 10_000),
+)
+def test_a_corrupt_or_cut_header_is_placed_or_refused_never_a_crash(flips, cut):
+    data = bytearray(CORRUPTIBLE)
+    for at, byte in flips:
+        data[132 + at % (len(data) - 132)] = byte  # "DICM" stays: DICOM, maybe broken
+    try:
+        info = read_dicom_head(bytes(data[:cut]), today=TODAY)
+    except PolicyError as e:
+        assert "\n" not in e.one_line()
+        assert NAME not in e.one_line() and PID not in e.one_line()
+    else:
+        assert info is not None
+
+
+CORRUPTIBLE = dicom_bytes()
