@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from typing import Any
 
 from pyengine.cli.common import EXIT_FAILED, EXIT_OK, add_credential_flags, positive, size_mib
@@ -18,7 +19,12 @@ from pyengine.options import TIERS, CopyOptions, DeleteLimit, MiB, RetryPolicy, 
 def add_parsers(sub: Any) -> None:
     """`copy SOURCE DEST` and `resume JOB`: the same flags (a resume asks for secrets again)."""
     c = sub.add_parser("copy", help="copy a file or a tree into a container")
-    c.add_argument("source", help="file or directory to copy")
+    c.add_argument(
+        "source",
+        nargs="?",
+        default=None,
+        help="file or directory to copy (with --policy: the policy's policy.source when left out)",
+    )
     c.add_argument(
         "dest",
         nargs="?",
@@ -227,8 +233,8 @@ def _run_copy(
 
 def cmd_copy(args: argparse.Namespace) -> int:
     if args.policy is None:
-        if args.dest is None:
-            raise ConfigError("copy", "DEST is required (or --policy FILE)")
+        if args.source is None or args.dest is None:
+            raise ConfigError("copy", "SRC and DEST are required (or SRC --policy FILE)")
         return _run_copy(args.source, args.dest, _options_from(args), args.json)
     from pyengine.policy import load_policy
 
@@ -243,7 +249,12 @@ def cmd_copy(args: argparse.Namespace) -> int:
         if given:
             raise ConfigError(flag, "not with --policy (the policy decides it per tenant)")
     policy = load_policy(args.policy)
-    return _run_copy(args.source, None, _options_from(args), args.json, policy)
+    source = args.source
+    if source is None and policy.source is not None:  # relative to the policy file, as keys
+        source = os.path.join(os.path.dirname(os.path.abspath(args.policy)), policy.source)
+    if source is None:
+        raise ConfigError("copy", "SRC is required (the policy declares no policy.source)")
+    return _run_copy(source, None, _options_from(args), args.json, policy)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

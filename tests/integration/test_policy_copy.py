@@ -162,6 +162,22 @@ def test_policy_copy_refuses_dest_and_per_tenant_flags(tmp_path, azurite, monkey
         assert out.stderr.count("\n") == 1
 
 
+def test_policy_copy_without_src_copies_the_policys_source(tmp_path, azurite, monkeypatch):
+    policy_path, expected, env = _setup(tmp_path, azurite.account_url, azurite, monkeypatch)
+    text = policy_path.read_text().replace("[policy]\n", '[policy]\nsource = "src"\n', 1)
+    policy_path.write_text(text)
+    out = subprocess.run(
+        [*PYENGINE, "copy", "--policy", str(policy_path), "--journal", str(tmp_path / "j.db")],
+        capture_output=True, text=True, cwd="/",
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr  # the two malformed files
+    assert out.stderr.count("error: ") == 2 and "malformed.dcm: malformed" in out.stderr
+    north = _blobs(azurite, env["containers"]["north"])
+    assert set(north) == {
+        f"pacs/{p}" for p, f in expected.items() if f.tenant == "north" and not f.malformed
+    }
+
+
 def _committed(journal: Path) -> int:
     try:
         with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db:
