@@ -12,7 +12,8 @@ How it is built on the plain job (job.py):
   one policy copy carry the same ``policy_run`` (the first row's id) in their options, which
   `pyengine studies JOB` follows to gather the run;
 - routing is by path rules, before a byte is read: the tenant decides the key that encrypts
-  the bytes. A policy whose tenant rules need DICOM attributes is refused (one line);
+  the bytes. A file no path rule takes is routed by its header (policy_route.py: read once in
+  clear, one chunk, for tenants without a key only);
 - placement (retention, tier, tags, immutability) is decided at commit from the file's first
   HEAD_BYTES that the pipeline read anyway (``task.done.head``): never a second open. A
   malformed DICOM file fails with the policy's one-line reason (no patient data);
@@ -37,6 +38,7 @@ from typing import Any
 from pyengine.engine.context import EventCallback, FileTask, JobContext
 from pyengine.engine.decide import check_same_encryption
 from pyengine.engine.job import _Job
+from pyengine.engine.policy_route import check_attribute_routing, route_by_head, routed_by_path
 from pyengine.engine.report import CopyReport
 from pyengine.engine.scan import SourceFile, display_path
 from pyengine.engine.send import HEAD_BYTES, Routing
@@ -50,8 +52,6 @@ from pyengine.state.manifest import ManifestWriter, default_manifest_path
 from pyengine.targets.azure_blob import BlobStore, parse_destination, redact, resolve_credential
 
 log = logging.getLogger("pyengine")
-
-ATTRIBUTE_ROUTING = "routing that needs the tenant before encryption must use path rules"
 
 
 def immutability_headers(p: Placement) -> dict[str, str]:
@@ -95,8 +95,7 @@ def lane_options(options: CopyOptions, tenant: Tenant) -> CopyOptions:
 
 def check_policy_options(policy: Policy, options: CopyOptions) -> None:
     """What a policy copy refuses before it starts (exit 2, one line naming the conflict)."""
-    if policy.needs_dicom_for_tenant:
-        raise ConfigError("--policy", ATTRIBUTE_ROUTING)
+    check_attribute_routing(policy)
     for flag, given in (
         ("--encrypt", options.encrypt),
         ("--kek-file", options.kek is not None),
@@ -267,13 +266,16 @@ class PolicyJob(_Job):
 
     async def copy_file(self, src: SourceFile) -> None:
         try:
-            tenant = self.policy.tenant_for(src.rel_path, None)
+            tenant = routed_by_path(self.policy, src.rel_path)
+            if tenant is None:  # no path rule takes it: its header decides (policy_route.py)
+                await route_by_head(self, src)
+                return
         except PolicyError as e:
             await self.ctx.outcome(
                 src.rel_path, "failed", size_bytes=src.size_bytes, reason=e.reason
             )
             return
-        await self.lanes[tenant.name].copy_file(src)
+        await self.lanes[tenant].copy_file(src)
 
     async def run(self) -> CopyReport:
         try:

@@ -286,3 +286,80 @@ def test_resumed_copy_restores_a_study_row_lost_with_the_last_journal_batch(
             capture_output=True, text=True, env=env,
         )  # fmt: skip
         assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _attribute_policy(tmp_path: Path, azurite, monkeypatch, *, east_key: bool) -> tuple:
+    expected = write_sample_tree(tmp_path / "src")
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "north.kek").write_bytes(north := os.urandom(32))
+    (tmp_path / "keys" / "east.kek").write_bytes(os.urandom(32))
+    containers = {t: f"{t}-{uuid.uuid4().hex[:12]}" for t in ("north", "east")}
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as svc:
+        for name in containers.values():
+            svc.create_container(name)
+    monkeypatch.setenv("STORAGE_CONNECTION_STRING", azurite.connection_string)
+    text = f"""
+[tenants.north]
+dest = "{azurite.account_url}/{containers["north"]}/pacs"
+connection_string_env = "STORAGE_CONNECTION_STRING"
+kek_file = "keys/north.kek"
+paths = ["north/**"]
+[tenants.east]
+dest = "{azurite.account_url}/{containers["east"]}/pacs"
+connection_string_env = "STORAGE_CONNECTION_STRING"
+{'kek_file = "keys/east.kek"' if east_key else ""}
+[[tenants.east.match]]
+InstitutionName = "SOUTH GENERAL*"
+"""
+    (tmp_path / "policy.toml").write_text(text)
+    return load_policy(tmp_path / "policy.toml"), expected, containers, north
+
+
+def test_files_no_path_rule_takes_are_routed_by_their_header_to_a_tenant_without_a_key(
+    tmp_path, azurite, sdk_blob, monkeypatch
+):
+    policy, expected, containers, north_key = _attribute_policy(
+        tmp_path, azurite, monkeypatch, east_key=False
+    )
+    options = CopyOptions(journal_path=str(tmp_path / "journal.db"))
+    report = asyncio.run(copy(tmp_path / "src", options=options, policy=policy))
+    south_dicom = {
+        p for p, f in expected.items() if f.tenant == "south" and f.study_uid is not None
+    }
+    north = {p for p, f in expected.items() if f.tenant == "north" and not f.malformed}
+    failures = dict(report.failures)
+    assert set(failures) == {
+        "north/broken/malformed.dcm", "south/broken/malformed.dcm", "south/reports/report.txt",
+    }  # fmt: skip
+    assert "no tenant matches" in failures["south/reports/report.txt"]  # not DICOM: path only
+    assert set(_blobs(azurite, containers["east"])) == {f"pacs/{p}" for p in south_dicom}
+    assert set(_blobs(azurite, containers["north"])) == {f"pacs/{p}" for p in north}
+    for rel in south_dicom:
+        blob = sdk_blob(f"{azurite.account_url}/{containers['east']}", f"pacs/{rel}")
+        assert blob.download_blob().readall() == (tmp_path / "src" / rel).read_bytes()
+        assert blob.get_blob_tags()["tenant"] == "east"
+        assert blob.get_blob_tags()["studyuid"] == expected[rel].study_uid
+    rel = "north/study1/adult.dcm"
+    blob = sdk_blob(f"{azurite.account_url}/{containers['north']}", f"pacs/{rel}", north_key)
+    assert blob.download_blob().readall() == (tmp_path / "src" / rel).read_bytes()
+    # a re-run finds every routed file up to date, and the study table still counts it
+    again = asyncio.run(copy(tmp_path / "src", options=options, policy=policy))
+    assert again.files_copied == 0 and again.files_skipped == len(south_dicom) + len(north)
+    out = subprocess.run(
+        [*PYENGINE, "studies", again.job_id, "--json", "--journal", str(tmp_path / "journal.db")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    east = [s for s in json.loads(out.stdout)["studies"] if s["tenant"] == "east"]
+    assert len(east) == 5 and all(s["status"] == "complete" for s in east)
+
+
+def test_header_routing_to_a_tenant_with_a_key_is_refused_before_anything_starts(
+    tmp_path, azurite, monkeypatch
+):
+    from pyengine.errors import ConfigError
+
+    policy, *_ = _attribute_policy(tmp_path, azurite, monkeypatch, east_key=True)
+    options = CopyOptions(journal_path=str(tmp_path / "journal.db"))
+    with pytest.raises(ConfigError, match="before encryption must use path rules"):
+        asyncio.run(copy(tmp_path / "src", options=options, policy=policy))
+    assert not (tmp_path / "journal.db").exists()
