@@ -3,6 +3,7 @@ reads, hashes and encrypts.
 
 report = await pyengine.copy("/archive", "https://acct.blob.core.windows.net/pacs/2026",
                              pyengine.CopyOptions(encrypt=True, kek=pyengine.load_kek_file("k")))
+report = await pyengine.copy("/archive", policy=pyengine.load_policy("policy.toml"))
 
 The names below are imported on first use (PEP 562): `import pyengine.cli` must stay cheap, so
 that the command line installs its SIGINT/SIGTERM handlers before the engine, aiohttp and the
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
         SourceError,
     )
     from pyengine.options import CopyOptions, RetryPolicy
+    from pyengine.policy import Policy, load_policy
 
 #: public name -> the module that defines it
 _EXPORTS = {
@@ -49,6 +51,8 @@ _EXPORTS = {
     "SourceError": "pyengine.errors",
     "CopyOptions": "pyengine.options",
     "RetryPolicy": "pyengine.options",
+    "Policy": "pyengine.policy",
+    "load_policy": "pyengine.policy",
 }
 
 __all__ = [
@@ -62,12 +66,14 @@ __all__ = [
     "IntegrityError",
     "JournalError",
     "LocalKeyWrapper",
+    "Policy",
     "PyEngineError",
     "RetryPolicy",
     "SourceError",
     "__version__",
     "copy",
     "load_kek_file",
+    "load_policy",
 ]
 
 

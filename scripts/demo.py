@@ -5,7 +5,9 @@
    hundred MB);
 3. runs `pyengine copy --encrypt` into it, with its progress bar;
 4. downloads every blob with the official azure-storage-blob client (client-side encryption v2),
-   decrypts it and compares its BLAKE3 with the source file's; prints a verdict; stops Azurite.
+   decrypts it and compares its BLAKE3 with the source file's; prints a verdict;
+5. copies a two-tenant DICOM tree under a migration policy and prints its study table
+   (scripts/demo_policy.py); stops Azurite.
 
 Environment: PYENGINE_DEMO_MB (tree size, default 300), PYENGINE_DEMO_DIR (work dir, default .demo).
 """
@@ -30,6 +32,9 @@ from pyengine.crypto import (
     keyed_digest_hex,
 )
 from pyengine.targets.azurite import Azurite
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is not a package
+from demo_policy import run_policy_demo
 
 REPO = Path(__file__).resolve().parent.parent
 CONTAINER = "pacs-archive"
@@ -112,7 +117,8 @@ def main() -> int:
             f"verdict: {verdict}: {ok}/{len(sources)} files decrypted by the official SDK with "
             f"BLAKE3 equal to the source; {mismatched} mismatched, {len(missing)} missing"
         )
-        return 0 if verdict == "PASS" else 1
+        policy_ok = run_policy_demo(azurite, work, cmd[0], journal)
+        return 0 if verdict == "PASS" and policy_ok else 1
 
 
 if __name__ == "__main__":

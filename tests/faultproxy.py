@@ -14,6 +14,9 @@ What a test can ask for (rules may change while a job runs):
   ``stall_s``), ``truncate`` (the answer declares more body than it sends, then the connection
   closes), ``error`` (a 500 instead of forwarding), ``commit_lost`` (forwarded and done by
   Azurite, but the answer replaced by a 500), or ``mixed`` (one of these at random).
+
+And a recording: with ``recording = True`` every request's method, path and headers are kept
+in ``recorded`` (for headers Azurite accepts but does not store, e.g. immutability policies).
 """
 
 from __future__ import annotations
@@ -95,6 +98,9 @@ class FaultProxy:
         self.request_times: list[float] = []
         self._storms: list[_Storm] = []
         self._faults: list[_Fault] = []
+        #: with recording on: (method, raw path and query, headers with lower-case names)
+        self.recording = False
+        self.recorded: list[tuple[str, str, dict[str, str]]] = []
         self._rng = random.Random(seed)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -235,6 +241,10 @@ class FaultProxy:
         self.requests += 1
         self.request_times.append(time.monotonic())
         method, path_qs = request.method, request.raw_path
+        if self.recording:
+            self.recorded.append(
+                (method, path_qs, {k.lower(): v for k, v in request.headers.items()})
+            )
         rule = self._pick(method, path_qs)
         if isinstance(rule, _Storm):
             await self._read_body(request)

@@ -147,12 +147,23 @@ def copy_child() -> int:
     spec = json.loads(sys.stdin.read())
     kek_hex = spec.pop("kek_hex")
     source, dest = spec.pop("source"), spec.pop("dest")
+    policy = None
+    if (policy_toml := spec.pop("policy_toml", None)) is not None:
+        # the policy names each tenant's destination and key (bench_policy_toml)
+        from pyengine.policy import parse_policy
+
+        policy = parse_policy(policy_toml, base_dir=os.getcwd())
+        # pydicom is imported by the first head read: like the CLI, which loads the policy
+        # before the copy starts, pay the import before the timer (~0.1 s, once per process)
+        policy.read_dicom_head(b"")
+        dest, kek_hex = None, None
+        spec["encrypt"] = False
     options = CopyOptions(**spec, kek=LocalKeyWrapper(bytes.fromhex(kek_hex)) if kek_hex else None)
     rss_before_bytes = proc_status_bytes(b"VmRSS")
     usage_before = resource.getrusage(resource.RUSAGE_SELF)
     start_s = time.perf_counter()
     try:
-        report = asyncio.run(copy(source, dest, options))
+        report = asyncio.run(copy(source, dest, options, policy=policy))
     except PyEngineError as e:
         print(json.dumps({"error": e.one_line()}))
         return 0

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Totals", "main", "make_tree"]
+__all__ = ["Totals", "bench_policy_toml", "main", "make_tree"]
 
 MiB = 1024 * 1024
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -218,6 +218,33 @@ def make_tree(out_dir: str, total_bytes: int, seed: int) -> Totals:
                     totals.files += 1
                     totals.size_bytes += len(head) + len(pixels)
     return totals
+
+
+def bench_policy_toml(dest: str, kek_files: Sequence[str] | None = None) -> str:
+    """A two-tenant policy for the tree make_tree writes (``bench upload``'s policy run):
+    instances split by the parity of their SOP UID's last digit but one (the file name; the
+    last is always odd), path rules only (what an encrypting tenant needs), tiers by study age
+    and immutability, so every placement step runs.
+    ``kek_files``: one key file per tenant (absolute paths), or None for no encryption."""
+    lines = [
+        "[tiers]",
+        'default = "Hot"',
+        "cool_after_days = 90",
+        "cold_after_days = 730",
+        "archive_after_days = 3650",
+        "step_days = 60",
+        "[immutability]",
+        "enabled = true",
+    ]
+    for i, (name, digits) in enumerate((("even", "02468"), ("odd", "13579"))):
+        lines += [
+            f"[tenants.{name}]",
+            f'dest = "{dest}/{name}"',
+            f'paths = ["**/*[{digits}]?.dcm"]',
+        ]
+        if kek_files:
+            lines.append(f'kek_file = "{kek_files[i]}"')
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

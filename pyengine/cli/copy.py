@@ -7,6 +7,7 @@ after its journal is durable and the job marked interrupted.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from pyengine.cli.common import EXIT_FAILED, EXIT_OK, add_credential_flags, positive, size_mib
@@ -20,8 +21,24 @@ from pyengine.state.journal_queries import RESUMABLE_JOB_STATES, shown_status
 def add_parsers(sub: Any) -> None:
     """`copy SOURCE DEST` and `resume JOB`: the same flags (a resume asks for secrets again)."""
     c = sub.add_parser("copy", help="copy a file or a tree into a container")
-    c.add_argument("source", help="file or directory to copy")
-    c.add_argument("dest", help="https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX][?SAS]")
+    c.add_argument(
+        "source",
+        nargs="?",
+        default=None,
+        help="file or directory to copy (with --policy: the policy's policy.source when left out)",
+    )
+    c.add_argument(
+        "dest",
+        nargs="?",
+        default=None,
+        help="https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX][?SAS] (none with --policy)",
+    )
+    c.add_argument(
+        "--policy",
+        metavar="FILE",
+        default=None,
+        help="migration policy (TOML): each file goes to its tenant's destination",
+    )
     _add_copy_flags(c)
 
     r = sub.add_parser("resume", help="resume an unfinished job (credentials are asked again)")
@@ -220,12 +237,14 @@ def _options_from(args: argparse.Namespace) -> CopyOptions:
     )
 
 
-def _run_copy(source: str, dest: str, options: CopyOptions, as_json: bool) -> int:
+def _run_copy(
+    source: str, dest: str | None, options: CopyOptions, as_json: bool, policy: Any = None
+) -> int:
     from pyengine.engine.job import copy
 
     with _Presenter(as_json) as presenter:
         report = run_interruptible(
-            copy(source, dest, options, on_event=presenter.on_event),
+            copy(source, dest, options, on_event=presenter.on_event, policy=policy),
             on_stop="stopping: journaling the blocks in flight, then marking the job interrupted",
         )
     presenter.summary(report)
@@ -233,7 +252,29 @@ def _run_copy(source: str, dest: str, options: CopyOptions, as_json: bool) -> in
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
-    return _run_copy(args.source, args.dest, _options_from(args), args.json)
+    if args.policy is None:
+        if args.source is None or args.dest is None:
+            raise ConfigError("copy", "SRC and DEST are required (or SRC --policy FILE)")
+        return _run_copy(args.source, args.dest, _options_from(args), args.json)
+    from pyengine.policy import load_policy
+
+    # The policy decides each of these per tenant: given as well, one would silently lose.
+    for flag, given in (
+        ("DEST", args.dest is not None),
+        ("--encrypt", args.encrypt),
+        ("--kek-file", args.kek_file is not None),
+        ("--tier", args.tier is not None),
+        ("--tag", bool(args.tag)),
+    ):
+        if given:
+            raise ConfigError(flag, "not with --policy (the policy decides it per tenant)")
+    policy = load_policy(args.policy)
+    source = args.source
+    if source is None and policy.source is not None:  # relative to the policy file, as keys
+        source = os.path.join(os.path.dirname(os.path.abspath(args.policy)), policy.source)
+    if source is None:
+        raise ConfigError("copy", "SRC is required (the policy declares no policy.source)")
+    return _run_copy(source, None, _options_from(args), args.json, policy)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -246,6 +287,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
     dest = args.dest or info.dest
     opts = _options_from(args)
     saved = info.options
+    if saved.get("policy"):  # one tenant's job of a policy copy: the whole run goes on
+        from pyengine.policy import load_policy
+
+        policy = load_policy(info.options["policy"])
+        keep = {k: tuple(saved.get(k, ())) for k in ("include", "exclude")}
+        opts = CopyOptions(**{**opts.__dict__, **keep, "journal_path": args.journal})
+        return _run_copy(info.source, None, opts, args.json, policy)
     # The job keeps the choices that decide block IDs and payloads; secrets are asked again.
     opts = CopyOptions(
         **{

@@ -152,5 +152,10 @@ class JobContext:
                     etag=etag,
                     error=reason if status == "failed" else None,
                     encrypted=self.options.encrypt,
+                    **self.manifest_extra(rel_path),
                 )
             )
+
+    def manifest_extra(self, rel_path: str) -> dict[str, Any]:
+        """Fields a policy job adds to a file's manifest line (tenant, study_uid)."""
+        return {}

@@ -21,7 +21,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyengine import _core
 from pyengine.engine.context import EventCallback, JobContext
@@ -31,7 +31,7 @@ from pyengine.engine.mirror import DeletionPass
 from pyengine.engine.plan import blob_name, read_plan
 from pyengine.engine.report import CopyReport
 from pyengine.engine.scan import ScanProblem, SourceFile, display_path, scan
-from pyengine.engine.send import Sender
+from pyengine.engine.send import Routing, Sender
 from pyengine.engine.taskowner import TaskOwner
 from pyengine.errors import (
     ConfigError,
@@ -52,6 +52,9 @@ from pyengine.targets.azure_blob import (
 )
 from pyengine.targets.base import Target
 
+if TYPE_CHECKING:
+    from pyengine.policy import Policy
+
 log = logging.getLogger("pyengine")
 
 #: scan entries handed from the scanner thread to the loop at once (one thread hop per batch)
@@ -67,9 +70,15 @@ class _Job:
         dest: Destination,
         options: CopyOptions,
         on_event: EventCallback | None,
+        *,
+        ctx: JobContext | None = None,
+        routing: Routing | None = None,
     ) -> None:
-        self.ctx = ctx = JobContext(source=source, dest=dest, options=options, on_event=on_event)
-        self.sender = Sender(ctx)
+        # ctx and routing are given by a policy job (policy_job.py): one lane per tenant
+        self.ctx = ctx = ctx or JobContext(
+            source=source, dest=dest, options=options, on_event=on_event
+        )
+        self.sender = Sender(ctx, routing)
         self.decide = (DryRunDecider if options.dry_run else Decider)(ctx, self.sender)
         self.mirror = DeletionPass(ctx)
 
@@ -273,13 +282,13 @@ class _Job:
                 window.release()
 
         with _core.Pipeline(opts.threads, opts.memory_cap_bytes, opts.direct_io) as pipeline:
-            self.sender.pipeline = pipeline
+            self.attach(pipeline, None)
             loop.add_reader(pipeline.fileno(), self.sender.on_pipeline_ready)
             try:
                 # The owner is left (its tasks all ended) before the pipeline closes: no upload
                 # holds a pooled buffer of a closed pipeline.
                 async with TaskOwner() as owner:
-                    ctx.owner = owner
+                    self.attach(pipeline, owner)
                     flusher = None
                     if ctx.journal is not None:
                         flusher = owner.spawn(
@@ -310,8 +319,14 @@ class _Job:
                         # a journal that cannot be written fails the job here
                         await ctx.journal.aflush()
             finally:
-                ctx.owner = None
+                self.attach(pipeline, None)
                 loop.remove_reader(pipeline.fileno())
+
+    def attach(self, pipeline: Any, owner: TaskOwner | None) -> None:
+        """Hands the open pipeline and the task owner to the stages (a policy job: to every
+        tenant's lane)."""
+        self.sender.pipeline = pipeline
+        self.ctx.owner = owner
 
     async def _flush_journal_periodically(self) -> None:
         """Group commits at least every JOURNAL_FLUSH_S; a failure ends this task, and the task
@@ -430,16 +445,28 @@ async def _shielded(coro: Any) -> None:
 
 async def copy(
     source: str | os.PathLike[str],
-    dest: str,
+    dest: str | None = None,
     options: CopyOptions | None = None,
     on_event: EventCallback | None = None,
+    *,
+    policy: Policy | None = None,
 ) -> CopyReport:
-    """Copy a file or a tree into a block-blob container; see README "Library".
+    """Copy a file or a tree into a block-blob container; see README "Library". With a
+    migration ``policy`` (pyengine.policy.load_policy) dest is None: each file goes to its
+    tenant's destination (engine/policy_job.py).
 
     Raises ConfigError (bad destination, missing source, no key), AuthError or
     DestinationError when the job cannot start; per-file problems are counted in the report.
     """
     options = options or CopyOptions()
     source_path = os.path.abspath(os.fspath(source))
+    if policy is not None:
+        from pyengine.engine.policy_job import copy_with_policy
+
+        if dest is not None:
+            raise ConfigError("--policy", "the policy names the destinations: give no DEST")
+        return await copy_with_policy(source_path, policy, options, on_event)
+    if dest is None:
+        raise ConfigError("copy", "a destination is required (or a policy)")
     job = _Job(source_path, parse_destination(dest), options, on_event)
     return await job.run()

@@ -61,17 +61,33 @@ def matches_journal(task: FileTask, chunk: Any) -> bool:
     )
 
 
+class Routing:
+    """Which sender a completion belongs to, by the file id given to the core. One per
+    pipeline: senders of several destinations (a policy's tenants) share it, since the
+    journal's file ids are unique across its jobs and aside reads draw from one range."""
+
+    def __init__(self) -> None:
+        #: files the core is reading, by file id: (the sender that submitted it, its task)
+        self.tasks: dict[int, tuple[Sender, FileTask]] = {}
+        # the core's file ids are uint64: reads that send nothing use a range no journal id reaches
+        self.aside_ids = iter(range(1 << 62, 1 << 63))
+
+
+#: a file's placement as commit headers: (tier, tags, extra headers), or None for the
+#: job's own --tier/--tag (engine/policy_job.py sets it for a policy's tenants)
+PlaceFn = Callable[[FileTask], tuple[str | None, dict[str, str] | None, dict[str, str]] | None]
+
+
 class Sender:
     """Routes the pipeline's completions and sends what they carry to the job's target."""
 
-    def __init__(self, ctx: JobContext) -> None:
+    def __init__(self, ctx: JobContext, routing: Routing | None = None) -> None:
         self.ctx = ctx
         #: the open _core.Pipeline while the job copies (the job sets it when it opens one)
         self.pipeline: Any = None
-        #: files the core is reading, by the file id given to it
-        self.tasks: dict[int, FileTask] = {}
-        # the core's file ids are uint64: reads that send nothing use a range no journal id reaches
-        self._aside_ids = iter(range(1 << 62, 1 << 63))
+        self.routing = routing if routing is not None else Routing()
+        #: the policy's placement of a file at commit; None without a policy
+        self.place: PlaceFn | None = None
         #: journal file ids whose Put Block met another writer's staged blocks (ForeignBlocksError)
         self._foreign: set[int] = set()
 
@@ -90,24 +106,26 @@ class Sender:
             self.ctx.owner.fail(e)
 
     def _route_completions(self) -> None:
+        tasks = self.routing.tasks
         for ev in self.pipeline.poll():
-            task = self.tasks.get(ev.file_id)
-            if task is None:  # a file abandoned after a failure: drop what is left of it
+            routed = tasks.get(ev.file_id)
+            if routed is None:  # a file abandoned after a failure: drop what is left of it
                 if isinstance(ev, _core.Chunk):
                     ev.release()
                 continue
+            sender, task = routed
             if isinstance(ev, _core.Chunk):
-                self.on_chunk(task, ev)
+                sender.on_chunk(task, ev)
             elif isinstance(ev, _core.FileDone):
                 task.done = ev
-                self.finish_when_sent(task)
+                sender.finish_when_sent(task)
             else:
                 task.failure = ev.reason
                 task.changed = ev.changed
                 if task.held is not None:
                     task.held.release()
                     task.held = None
-                self.finish_when_sent(task)
+                sender.finish_when_sent(task)
 
     def on_chunk(self, task: FileTask, chunk: Any) -> None:
         owner = self.ctx.owner
@@ -195,17 +213,17 @@ class Sender:
         """Has the core read `path` as `task` and waits until the file is finished (read, and
         every upload it started ended)."""
         task.finished = asyncio.get_running_loop().create_future()
-        self.tasks[file_id] = task
+        self.routing.tasks[file_id] = (self, task)
         try:
             self.pipeline.submit(file_id, path, **submit)
             await task.finished
         finally:
-            del self.tasks[file_id]
+            del self.routing.tasks[file_id]
 
     async def read_aside(self, task: FileTask, **submit: Any) -> None:
         """A read that sends nothing (a hash, a check pass), under an id of its own: it may run
         while the file's journal id is not in flight, and never collides with one."""
-        await self._read(next(self._aside_ids), task, task.src.path, **submit)
+        await self._read(next(self.routing.aside_ids), task, task.src.path, **submit)
 
     async def hash_file(self, src: SourceFile) -> bytes | None:
         """The whole-file BLAKE3 of the source as it reads now; SourceError if it cannot."""
@@ -466,9 +484,15 @@ class Sender:
         self, task: FileTask
     ) -> tuple[str | None, dict[str, str] | None, dict[str, str]]:
         """Tier, index tags and the other properties (as commit headers) one file's blob gets.
-        ``task.done.head`` holds the file's leading plaintext bytes (HEAD_BYTES) for sniffing."""
+        ``task.done.head`` holds the file's leading plaintext bytes (HEAD_BYTES) for sniffing.
+        Under a policy the file's placement decides tier, tags and immutability (self.place)."""
         opts = self.ctx.options
         # Put Blob and Put Block List both take x-ms-blob-content-type; an encrypted blob gets
         # its plaintext's type (content_type.py says why)
         content_type = content_type_for(task.done.head or b"", task.src.rel_path, opts.content_type)
+        if self.place is not None:
+            placed = self.place(task)
+            if placed is not None:
+                tier, tags, headers = placed
+                return tier, tags, {"x-ms-blob-content-type": content_type, **headers}
         return opts.tier, dict(opts.tags) or None, {"x-ms-blob-content-type": content_type}

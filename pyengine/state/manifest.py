@@ -49,6 +49,10 @@ class ManifestEntry:
     etag: str | None = None
     error: str | None = None
     encrypted: bool = False
+    #: under a migration policy: the file's tenant and DICOM study instance UID (None = no
+    #: policy / not DICOM); written only by policy jobs
+    tenant: str | None = None
+    study_uid: str | None = None
 
     @classmethod
     def from_record(
@@ -117,6 +121,9 @@ def format_line(
         "job_id": e.job_id,
         "encrypted": bool(e.encrypted),
     }
+    if e.tenant is not None:  # a policy job's line: whose file, which study
+        line["tenant"] = e.tenant
+        line["study_uid"] = e.study_uid
     # ensure_ascii keeps every line 7-bit: a path with odd bytes (surrogate-escaped) still encodes
     return json.dumps(line, ensure_ascii=True, separators=(",", ":")) + "\n"
 

@@ -109,7 +109,7 @@ def test_bench_upload_against_sink_verifies_every_payload_byte(
         assert result[key] > 0
     assert result["sdk_small_files_per_s"] > 0
     assert result["peak_rss_mib"] >= result["baseline_rss_mib"] > 0
-    assert [run["name"] for run in result["runs"]] == ["large", "small", "dicom"]
+    assert [run["name"] for run in result["runs"]] == ["large", "small", "dicom", "dicom-policy"]
     # encrypted payloads carry 28 bytes per 4 MiB region: the sink read at least the plaintext
     assert all(run["sink_body_bytes"] >= run["bytes"] for run in result["runs"])
     assert all(run["cpu_s"] > 0 for run in result["runs"])
