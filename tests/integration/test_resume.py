@@ -348,7 +348,10 @@ def _trial(
     runs: list[RunResult] = []
     plan = list(kills)
     while True:
-        assert len(runs) < len(kills) + 3, f"still not done after {len(runs)} runs"
+        assert len(runs) < len(kills) + 3, (
+            f"still not done after {len(runs)} runs; last rc={runs[-1].rc}, stderr tail: "
+            f"{runs[-1].stderr[-1500:]}"
+        )
         kill = plan.pop(0) if plan else None
         result = _run_once(proxy, args, kill, journal)
         runs.append(result)
