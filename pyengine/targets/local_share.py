@@ -28,24 +28,21 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyengine import _core
 from pyengine.engine import metadata_names as mn
 from pyengine.engine.plan import new_upload_id, parse_block_id
 from pyengine.errors import ConfigError, ContainerNotFoundError, DestinationError
 from pyengine.targets.auth import Destination
 from pyengine.targets.pacer import TokenBucket
+from pyengine.targets.share_files import TEMP_RE, fsync_dir, pwrite_all, verified_blocks, walk
 from pyengine.targets.share_state import ShareState, crc64_of_blocks
 from pyengine.targets.wire import BlobProps
 
 #: what a share ETag starts with; the rest is the whole-file CRC64, 16 hex digits
 ETAG_PREFIX = "crc64:"
-#: our temporary files (never listed as blobs): name hash (16 hex) and upload id (32 hex)
-_TEMP_RE = re.compile(r"\.pyengine-[0-9a-f]{16}-[0-9a-f]{32}\.(?:part|blocks)")
 
 
 def crc64_hex_from_etag(etag: str | None) -> str | None:
@@ -90,21 +87,6 @@ class _Upload:
         for fd in (self.fd, self.sidecar_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 class ShareTarget:
@@ -172,7 +154,7 @@ class ShareTarget:
         except (FileNotFoundError, NotADirectoryError):
             return []
         for entry in entries:
-            if entry.startswith(stem) and entry.endswith(".part") and _TEMP_RE.fullmatch(entry):
+            if entry.startswith(stem) and entry.endswith(".part") and TEMP_RE.fullmatch(entry):
                 upload_id = entry[len(stem) : -len(".part")]
                 part, sidecar = self._temp(name, upload_id)
                 out.append((upload_id, part, sidecar))
@@ -250,7 +232,7 @@ class ShareTarget:
         line = json.dumps({"i": index, "o": offset, "n": length, "c": crc64}) + "\n"
 
         def write() -> None:
-            _pwrite_all(upload.fd, data, offset)
+            pwrite_all(upload.fd, data, offset)
             # after the data: a line without its data is caught by the CRC check on resume
             os.write(upload.sidecar_fd, line.encode("ascii"))
 
@@ -294,7 +276,7 @@ class ShareTarget:
 
         out: list[tuple[str, int]] = []
         for upload_id, part, sidecar in await asyncio.to_thread(self._temps_of, name):
-            verified = await asyncio.to_thread(_verified_blocks, part, sidecar)
+            verified = await asyncio.to_thread(verified_blocks, part, sidecar)
             if not verified:
                 continue
             upload = await self._open_upload(name, upload_id)
@@ -375,7 +357,7 @@ class ShareTarget:
             fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             upload = _Upload(part, sidecar, fd, -1)
             try:
-                _pwrite_all(fd, data, 0)
+                pwrite_all(fd, data, 0)
                 return self._finish(upload, self._path(name), length, metadata)
             finally:
                 os.close(fd)
@@ -396,7 +378,7 @@ class ShareTarget:
             os.utime(upload.fd, ns=(int(mtime_ns), int(mtime_ns)))
         os.fsync(upload.fd)
         os.replace(upload.part, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         upload.sidecar.unlink(missing_ok=True)
         return os.stat(final).st_mtime_ns
 
@@ -445,7 +427,7 @@ class ShareTarget:
     async def list_blobs(
         self, prefix: str = "", *, metadata: bool = True, page_size: int = 5000
     ) -> AsyncIterator[BlobProps]:
-        found = await asyncio.to_thread(_walk, self.container_dir, prefix)
+        found = await asyncio.to_thread(walk, self.container_dir, prefix)
         for name, size_bytes, mtime_ns in found:
             if metadata:
                 yield self._props(name, size_bytes, mtime_ns)
@@ -478,55 +460,6 @@ class ShareTarget:
             raise DestinationError(name, "the blob changed (ETag does not match)")
         self.state.set_metadata(name, metadata)
         return rec.etag
-
-
-def _verified_blocks(part: Path, sidecar: Path) -> dict[int, tuple[int, int, int]]:
-    """index -> (offset, length, crc64) of the sidecar's blocks whose bytes check out; a torn
-    last line, or a line whose data never reached the disk, does not count."""
-    entries: dict[int, tuple[int, int, int]] = {}
-    try:
-        with open(sidecar, encoding="ascii", errors="replace") as f:
-            for line in f:
-                try:
-                    e = json.loads(line)
-                    entries[int(e["i"])] = (int(e["o"]), int(e["n"]), int(e["c"]))
-                except (ValueError, KeyError, TypeError):
-                    continue
-        fd = os.open(part, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return {}
-    try:
-        out = {}
-        for index, (offset, length, crc) in entries.items():
-            data = os.pread(fd, length, offset)
-            if len(data) == length and _core.crc64(data) == crc:
-                out[index] = (offset, length, crc)
-        return out
-    finally:
-        os.close(fd)
-
-
-def _walk(container_dir: Path, prefix: str) -> list[tuple[str, int, int]]:
-    """(name, size, mtime_ns) of every file under the container whose name starts with
-    ``prefix``, in name order, our temporary files left out."""
-    top = container_dir.joinpath(*prefix.split("/")[:-1]) if "/" in prefix else container_dir
-    out = []
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, container_dir)
-        for filename in filenames:
-            if _TEMP_RE.fullmatch(filename):
-                continue
-            name = filename if rel_dir == "." else f"{rel_dir.replace(os.sep, '/')}/{filename}"
-            if not name.startswith(prefix):
-                continue
-            try:
-                st = os.stat(os.path.join(dirpath, filename), follow_symlinks=False)
-            except OSError:
-                continue
-            out.append((name, st.st_size, st.st_mtime_ns))
-    out.sort()
-    return out
 
 
 def share_root_of(dest: Destination) -> str:
