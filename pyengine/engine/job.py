@@ -43,14 +43,9 @@ from pyengine.options import CopyOptions
 from pyengine.state.joblock import JobLock, job_lock_path
 from pyengine.state.journal import Journal, default_journal_path
 from pyengine.state.manifest import ManifestWriter, default_manifest_path
-from pyengine.targets.azure_blob import (
-    BlobStore,
-    Destination,
-    parse_destination,
-    redact,
-    resolve_credential,
-)
+from pyengine.targets.azure_blob import Destination, redact, resolve_credential
 from pyengine.targets.base import Target
+from pyengine.targets.open import check_options, destination, is_share, name_limit, open_target
 
 if TYPE_CHECKING:
     from pyengine.policy import Policy
@@ -93,11 +88,14 @@ class _Job:
     async def _run(self) -> CopyReport:
         ctx, opts = self.ctx, self.ctx.options
         start = time.monotonic()
+        check_options(ctx.dest, opts)  # a share refuses --encrypt (open.py says why)
         if opts.encrypt and opts.kek is None:
             raise ConfigError("--encrypt", "a key-encryption key is required (--kek-file)")
         if not os.path.exists(ctx.source):  # the job cannot start: a usage error (exit 2)
             raise ConfigError(ctx.source, "no such file or directory")
-        credential = resolve_credential(ctx.dest, opts.connection_string)
+        credential = (
+            None if is_share(ctx.dest) else resolve_credential(ctx.dest, opts.connection_string)
+        )
         # A job runs at most once at a time: a second run fails here, before it touches the
         # destination or the journal (see joblock.py for why the lock is per job).
         lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -117,16 +115,9 @@ class _Job:
     async def _run_locked(self, credential: Any) -> None:
         """The job, under its lock: the store, the journal, the manifest."""
         ctx, opts = self.ctx, self.ctx.options
-        async with BlobStore(
-            ctx.dest,
-            credential,
-            retry=opts.retry,
-            max_connections=opts.max_concurrency,
-            max_requests_per_s=opts.max_requests_per_s,
-            cap_bytes_per_s=opts.cap_mbps * 1e6 / 8 if opts.cap_mbps else None,
-        ) as store:
-            # the rest of the engine sees the interface only (targets/base.py)
-            target: Target = store
+        # a blob store or a mounted share (targets/open.py); the rest of the engine sees the
+        # interface only (targets/base.py)
+        async with open_target(ctx.dest, credential, opts) as target:
             ctx.store = target
             if opts.dry_run:
                 await dry_run(self, target)
@@ -341,7 +332,7 @@ class _Job:
         """Plans, decides and sends one file; its outcome is counted exactly once."""
         ctx, opts = self.ctx, self.ctx.options
         try:
-            name = blob_name(ctx.dest.prefix, src.rel_path)
+            name = blob_name(ctx.dest.prefix, src.rel_path, max_len=name_limit(ctx.dest))
             chunk_bytes, single_put = read_plan(
                 src.size_bytes,
                 single_put_max_bytes=opts.single_put_max_bytes,
@@ -468,5 +459,5 @@ async def copy(
         return await copy_with_policy(source_path, policy, options, on_event)
     if dest is None:
         raise ConfigError("copy", "a destination is required (or a policy)")
-    job = _Job(source_path, parse_destination(dest), options, on_event)
+    job = _Job(source_path, destination(dest), options, on_event)
     return await job.run()

@@ -3,7 +3,9 @@
 Each line: ``path`` (relative to the source root), ``size_bytes``, ``mtime_ns``, ``mtime``
 (ISO-8601 UTC), ``blake3`` (hex, of the plaintext), ``blob_url`` (never with credentials),
 ``etag``, ``status`` (copied | skipped | failed | deleted_at_source | deleted | rewrapped),
-``error``, ``job_id``, ``encrypted``.
+``error``, ``job_id``, ``encrypted``, ``crc64`` (hex, the whole-file Azure CRC64 of what was
+written, where the target knows it: a Data Box share names its files by it, their ETag
+``crc64:<hex>``; else null).
 
 A resumed job appends to its manifest, so a path may appear more than once (failed, then
 copied): the last line for a path is its outcome. A line torn by a kill is cut off when the
@@ -27,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiofiles
 
 from pyengine.state.records import FileRecord, contains_secret, default_journal_path, one_line
+from pyengine.targets.local_share import crc64_hex_from_etag
 
 ManifestStatus = Literal["copied", "skipped", "failed", "deleted_at_source", "deleted", "rewrapped"]
 STATUSES = ("copied", "skipped", "failed", "deleted_at_source", "deleted", "rewrapped")
@@ -120,6 +123,7 @@ def format_line(
         "error": one_line(e.error) if e.error is not None else None,
         "job_id": e.job_id,
         "encrypted": bool(e.encrypted),
+        "crc64": crc64_hex_from_etag(e.etag),
     }
     if e.tenant is not None:  # a policy job's line: whose file, which study
         line["tenant"] = e.tenant

@@ -33,6 +33,7 @@ FIELDS = {
     "error",
     "job_id",
     "encrypted",
+    "crc64",
 }
 
 
@@ -164,3 +165,10 @@ def test_non_ascii_and_undecodable_paths_round_trip(tmp_path: Path) -> None:
     lines = list(read_manifest(path))
     assert [line["path"] for line in lines] == ["Müller/ct.dcm", odd]
     assert os.fsencode(lines[1]["path"]) == b"patient-\xe9\xff/scan.dcm"
+
+
+def test_manifest_line_carries_the_crc64_a_share_etag_names_and_null_otherwise() -> None:
+    share = json.loads(format_line(entry(1, etag="crc64:09b21fd58289f873")))
+    azure = json.loads(format_line(entry(2)))
+    assert share["crc64"] == "09b21fd58289f873"
+    assert azure["crc64"] is None
