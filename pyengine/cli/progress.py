@@ -151,6 +151,11 @@ class _Presenter:
                     f"{report.files_rewrapped} blobs had their content key re-wrapped under "
                     "the current KEK (no bytes re-sent)"
                 )
+            if report.files_pending_finalize:
+                lines.append(
+                    f"{report.files_pending_finalize} files have properties pending for finalize "
+                    "(the destination cannot store them: see `pyengine finalize`)"
+                )
             if report.manifest_path:
                 lines.append(f"manifest: {report.manifest_path}")
         lines.extend(_deletion_lines(report))

@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from pyengine import _core
 from pyengine.engine.context import EventCallback, JobContext
@@ -37,6 +38,7 @@ from pyengine.options import CopyOptions
 from pyengine.state.joblock import JobLock, job_lock_path
 from pyengine.state.journal import Journal, default_journal_path
 from pyengine.state.manifest import ManifestWriter, default_manifest_path
+from pyengine.state.pending import ensure_table, files_pending
 from pyengine.targets.azure_blob import (
     BlobStore,
     Destination,
@@ -45,6 +47,7 @@ from pyengine.targets.azure_blob import (
     resolve_credential,
 )
 from pyengine.targets.base import Target
+from pyengine.targets.profile import choose_profile
 
 log = logging.getLogger("pyengine")
 
@@ -66,6 +69,9 @@ class _Job:
         self.sender = Sender(ctx)
         self.decide = Decider(ctx, self.sender)
         self.mirror = DeletionPass(ctx)
+        # Azure or a Data Box (--target, else the host name): REST version and plan-time limits
+        self.profile = choose_profile(options.target, urlsplit(dest.account_url).hostname or "")
+        self.sender.profile = self.profile
 
     # --- the job ---------------------------------------------------------------------------
 
@@ -109,6 +115,8 @@ class _Job:
             max_connections=opts.max_concurrency,
             max_requests_per_s=opts.max_requests_per_s,
             cap_bytes_per_s=opts.cap_mbps * 1e6 / 8 if opts.cap_mbps else None,
+            profile=self.profile,
+            ca_cert_file=opts.ca_cert_file,
         ) as store:
             # the rest of the engine sees the interface only (targets/base.py)
             target: Target = store
@@ -130,6 +138,7 @@ class _Job:
         copy with its manifest, then record how it ended."""
         ctx, opts = self.ctx, self.ctx.options
         ctx.journal = journal
+        ensure_table(journal)  # properties the destination cannot store (state/pending.py)
         job_id = journal.find_unfinished_job(ctx.source, ctx.dest.redacted())
         ctx.resumed = job_id is not None
         if job_id is not None:
@@ -164,6 +173,7 @@ class _Job:
         # the writer's last commit and the job row, off the loop (a listener's progress display
         # or a library's other tasks keep running)
         await asyncio.to_thread(journal.stop_writer)
+        ctx.report.files_pending_finalize = await asyncio.to_thread(files_pending, journal, job_id)
         await asyncio.to_thread(
             journal.finish_job, job_id, "completed" if ctx.report.ok else "failed"
         )
@@ -183,6 +193,8 @@ class _Job:
             "exclude": list(o.exclude),
             "check": o.check,
             "delete_destination": o.delete_destination,
+            "target": self.profile.name,
+            "put_md5": o.put_md5,
         }
 
     # --- the scan and the files in flight --------------------------------------------------
@@ -299,13 +311,16 @@ class _Job:
         """Plans, decides and sends one file; its outcome is counted exactly once."""
         ctx, opts = self.ctx, self.ctx.options
         try:
-            name = blob_name(ctx.dest.prefix, src.rel_path)
+            # the destination's limits, checked before any byte of the file is sent
+            name = blob_name(ctx.dest.prefix, src.rel_path, max_len=self.profile.max_name_chars)
             chunk_bytes, single_put = read_plan(
                 src.size_bytes,
                 single_put_max_bytes=opts.single_put_max_bytes,
                 block_bytes=opts.block_bytes,
                 encrypt=opts.encrypt,
                 path=src.rel_path,
+                max_block_bytes=self.profile.max_block_bytes,
+                max_blob_bytes=self.profile.max_blob_bytes,
             )
         except SourceError as e:
             await ctx.outcome(src.rel_path, "failed", size_bytes=src.size_bytes, reason=e.reason)
