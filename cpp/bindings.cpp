@@ -69,6 +69,7 @@ struct FileDone {
   uint64_t inode, device, chunks;
   py::object blake3;
   py::bytes head;
+  py::object md5;  // bytes (16) with STAGE_MD5 on a whole-file read, else None
 };
 
 struct FileFailed {
@@ -86,10 +87,11 @@ py::object convert(Event& event) {
   }
   if (auto* d = std::get_if<FileDoneEvent>(&event)) {
     py::object digest = d->blake3 ? py::object(to_bytes(d->blake3->data(), 32)) : py::none();
+    py::object md5 = d->md5 ? py::object(to_bytes(d->md5->data(), 16)) : py::none();
     const FileIdentity& id = d->identity;
     return py::cast(FileDone{d->file_id, d->path, d->size_bytes, id.size_bytes, id.mtime_ns,
                              id.ctime_ns, id.inode, id.device, d->chunks, digest,
-                             py::bytes(d->head)});
+                             py::bytes(d->head), md5});
   }
   auto& f = std::get<FileFailedEvent>(event);
   return py::cast(FileFailed{f.file_id, f.path, failure_kind_name(f.kind), f.reason, f.errno_value});
@@ -104,6 +106,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("STAGE_CRC64") = static_cast<unsigned>(kStageCrc64);
   m.attr("STAGE_BLAKE3") = static_cast<unsigned>(kStageBlake3);
   m.attr("STAGE_ALL") = static_cast<unsigned>(kStageAll);
+  m.attr("STAGE_MD5") = static_cast<unsigned>(kStageMd5);  // not in STAGE_ALL: serial per file
   m.attr("REGION_BYTES") = kRegionBytes;
   m.attr("REGION_OVERHEAD_BYTES") = kRegionOverheadBytes;
 
@@ -216,7 +219,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("device", &FileDone::device)
       .def_readonly("chunks", &FileDone::chunks)
       .def_readonly("blake3", &FileDone::blake3)
-      .def_readonly("head", &FileDone::head);
+      .def_readonly("head", &FileDone::head)
+      .def_readonly("md5", &FileDone::md5);
 
   py::class_<FileFailed>(m, "FileFailed")
       .def_readonly("file_id", &FileFailed::file_id)

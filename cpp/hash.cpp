@@ -3,6 +3,8 @@
 #define XXH_INLINE_ALL  // keeps xxHash's symbols private to this extension
 #include <xxhash.h>
 
+#include <openssl/evp.h>
+
 #include <cstring>
 #include <stdexcept>
 
@@ -35,6 +37,29 @@ Digest16 Xxh3Stream::digest() const {
   Digest16 out;
   std::memcpy(out.data(), canonical.digest, out.size());
   return out;
+}
+
+Md5Stream::Md5Stream() : ctx_(EVP_MD_CTX_new()) {
+  if (ctx_ == nullptr || EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(ctx_), EVP_md5(), nullptr) != 1) {
+    EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_));
+    throw std::runtime_error("OpenSSL: MD5 unavailable (FIPS mode?)");
+  }
+}
+Md5Stream::~Md5Stream() { EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_)); }
+void Md5Stream::update(const void* data, size_t len_bytes) {
+  if (len_bytes != 0) EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(ctx_), data, len_bytes);
+}
+Digest16 Md5Stream::digest() {
+  Digest16 out{};
+  unsigned int n = 0;
+  EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(ctx_), out.data(), &n);
+  return out;
+}
+
+Digest16 md5(const void* data, size_t len_bytes) {
+  Md5Stream s;
+  s.update(data, len_bytes);
+  return s.digest();
 }
 
 Digest32 blake3(const void* data, size_t len_bytes) {

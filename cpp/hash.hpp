@@ -50,6 +50,24 @@ class Blake3Piece {
   uint8_t placeholder_cvs_;  // stack slots standing for the pieces before this one
 };
 
+// Whole-blob MD5 (OpenSSL EVP), for x-ms-blob-content-md5 on Put Block List: the digest that
+// AzCopy --check-md5, rclone check and Storage Explorer compare. MD5 is a serial chain, so the
+// pipeline feeds it chunk by chunk in file order (pipeline.cpp says how).
+class Md5Stream {
+ public:
+  Md5Stream();
+  ~Md5Stream();
+  Md5Stream(const Md5Stream&) = delete;
+  Md5Stream& operator=(const Md5Stream&) = delete;
+  void update(const void* data, size_t len_bytes);
+  Digest16 digest();  // once; the stream is spent afterwards
+
+ private:
+  void* ctx_;  // EVP_MD_CTX, kept opaque so OpenSSL headers stay in hash.cpp
+};
+
+Digest16 md5(const void* data, size_t len_bytes);
+
 // Root hash of a file from the chaining values of its complete pieces (in order) and the state of
 // its last piece.
 Digest32 blake3_assemble(const std::vector<Digest32>& complete_piece_cvs,

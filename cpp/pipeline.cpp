@@ -31,6 +31,13 @@ struct Pipeline::FileJob {
   std::vector<Digest32> piece_cvs;  // one per chunk but the last (BLAKE3 assembly)
   std::string head;                 // leading plaintext, set by the chunk at file offset 0
   std::unique_ptr<blake3_hasher> last_piece_state;
+  // kStageMd5: MD5 is one serial chain over the payloads in chunk order (acquire_in_order and
+  // md5_in_order say how the readers take turns without a deadlock under the memory cap).
+  std::unique_ptr<Md5Stream> md5;
+  uint64_t leased_chunks = 0;  // chunks 0..n-1 hold (or held) their buffer
+  uint64_t md5_chunks = 0;     // chunks 0..n-1 are in the MD5
+  bool pool_closed = false;    // a reader of this file met the closed pool: the others stop too
+  std::condition_variable order_cv;  // with mu: leased_chunks, md5_chunks, failed, pool_closed
 };
 
 Pipeline::Pipeline(unsigned threads, size_t memory_cap_bytes, bool direct_io)
@@ -88,6 +95,7 @@ void Pipeline::submit(SubmitRequest request) {
   job->tasks = std::max<uint64_t>(1, job->chunks);
   if (job->whole_file && (request.stages & kStageBlake3) && job->chunks > 1)
     job->piece_cvs.resize(job->chunks - 1);
+  if (job->whole_file && (request.stages & kStageMd5)) job->md5 = std::make_unique<Md5Stream>();
   job->request = std::move(request);
   {
     std::lock_guard<std::mutex> lock(tasks_mu_);
@@ -130,6 +138,7 @@ void Pipeline::process_task(FileJob& job, uint64_t task, RegionCipher& cipher) {
                                                 direct_io_ && !job.request.content_key);
       } catch (const SourceError& e) {
         job.failed = true;
+        job.order_cv.notify_all();
         push(FileFailedEvent{job.request.file_id, job.request.path, e.kind(), e.errno_value(),
                              e.reason()});
       }
@@ -161,8 +170,12 @@ void Pipeline::read_chunk(FileJob& job, uint64_t index, RegionCipher& cipher) {
   const bool want_crc = req.stages & kStageCrc64;
   const bool want_blake3 = (req.stages & kStageBlake3) && job.whole_file;
   const bool last_chunk = index + 1 == job.chunks;
+  const bool want_md5 = job.md5 != nullptr;
 
-  std::unique_ptr<Lease> lease = pool_->acquire(payload);  // blocks while the cap is reached
+  // blocks while the cap is reached
+  std::unique_ptr<Lease> lease =
+      want_md5 ? acquire_in_order(job, index, payload) : pool_->acquire(payload);
+  if (!lease) return;  // the file failed while this chunk waited for its turn
   uint8_t* base = lease->data();
   Xxh3Stream xxh3;
   std::optional<Blake3Piece> piece;
@@ -218,6 +231,8 @@ void Pipeline::read_chunk(FileJob& job, uint64_t index, RegionCipher& cipher) {
     }
   }
 
+  if (want_md5 && !md5_in_order(job, index, base, payload)) return;
+
   ChunkEvent ev;
   ev.file_id = req.file_id;
   ev.index = index;
@@ -254,6 +269,7 @@ void Pipeline::finish_file(FileJob& job) {
           done.blake3 = blake3_assemble(job.piece_cvs, *job.last_piece_state);
         }
       }
+      if (job.md5) done.md5 = job.md5->digest();
       push(std::move(done));
     } catch (const SourceError& e) {
       job.failed = true;
@@ -270,7 +286,54 @@ void Pipeline::fail_file(FileJob& job, FailureKind kind, int errno_value,
   std::lock_guard<std::mutex> lock(job.mu);
   if (job.failed) return;  // the first failure is the one reported
   job.failed = true;
+  job.order_cv.notify_all();
   push(FileFailedEvent{job.request.file_id, job.request.path, kind, errno_value, reason});
+}
+
+// MD5 needs the payloads in file order, but a chunk's buffer goes back to the pool once Python
+// has sent it, so each chunk joins the MD5 before its event is pushed: the reader of chunk i
+// waits until chunk i-1 is in. That wait holds a buffer, so with a full pool the reader of i-1
+// could wait for memory that only i's event would free. Buffers are therefore also taken in
+// chunk order: whenever chunk i holds one, chunks 0..i-1 hold (or held) theirs and can finish
+// without more memory, so the lowest chunk not yet in the MD5 always progresses. Chunks are
+// handed to readers in order (worker_main), so the reader of i-1 is already running.
+std::unique_ptr<Lease> Pipeline::acquire_in_order(FileJob& job, uint64_t index,
+                                                  size_t payload_bytes) {
+  {
+    std::unique_lock<std::mutex> lock(job.mu);
+    job.order_cv.wait(lock, [&] { return job.failed || job.pool_closed || job.leased_chunks == index; });
+    if (job.pool_closed) throw PoolClosed();
+    if (job.failed) return nullptr;
+  }
+  std::unique_ptr<Lease> lease;
+  try {
+    lease = pool_->acquire(payload_bytes);
+  } catch (const PoolClosed&) {
+    std::lock_guard<std::mutex> lock(job.mu);
+    job.pool_closed = true;
+    job.order_cv.notify_all();
+    throw;
+  }
+  std::lock_guard<std::mutex> lock(job.mu);
+  ++job.leased_chunks;
+  job.order_cv.notify_all();
+  return lease;
+}
+
+// Adds chunk `index`'s payload to the file's MD5 once chunks 0..index-1 are in; false when the
+// file failed meanwhile (nothing of it is pushed then).
+bool Pipeline::md5_in_order(FileJob& job, uint64_t index, const uint8_t* payload,
+                            size_t payload_bytes) {
+  {
+    std::unique_lock<std::mutex> lock(job.mu);
+    job.order_cv.wait(lock, [&] { return job.failed || job.pool_closed || job.md5_chunks == index; });
+    if (job.failed || job.pool_closed) return false;
+  }
+  job.md5->update(payload, payload_bytes);  // only the reader whose turn it is touches it
+  std::lock_guard<std::mutex> lock(job.mu);
+  ++job.md5_chunks;
+  job.order_cv.notify_all();
+  return true;
 }
 
 void Pipeline::push(Event event) {

@@ -31,6 +31,9 @@ enum Stage : unsigned {
   kStageCrc64 = 1u << 1,
   kStageBlake3 = 1u << 2,
   kStageAll = kStageXxh3 | kStageCrc64 | kStageBlake3,
+  // Whole-blob MD5 of the payload (the stored bytes: ciphertext frames when encrypting), for
+  // --put-md5. Off by default, not in kStageAll: MD5 is serial per file (see pipeline.cpp).
+  kStageMd5 = 1u << 3,
 };
 
 struct SubmitRequest {
@@ -67,6 +70,7 @@ struct FileDoneEvent {
   FileIdentity identity;
   uint64_t chunks = 0;
   std::optional<Digest32> blake3;
+  std::optional<Digest16> md5;  // kStageMd5 on a whole-file read: MD5 of every payload byte
   std::string head;  // as on the chunk at file offset 0 (empty when not asked or not read)
 };
 
@@ -104,6 +108,8 @@ class Pipeline {
   void worker_main();
   void process_task(FileJob& job, uint64_t task, RegionCipher& cipher);
   void read_chunk(FileJob& job, uint64_t index, RegionCipher& cipher);
+  std::unique_ptr<Lease> acquire_in_order(FileJob& job, uint64_t index, size_t payload_bytes);
+  bool md5_in_order(FileJob& job, uint64_t index, const uint8_t* payload, size_t payload_bytes);
   void finish_file(FileJob& job);
   void fail_file(FileJob& job, FailureKind kind, int errno_value, const std::string& reason);
   void push(Event event);

@@ -36,6 +36,11 @@ double stage_seconds(const std::string& stage, const uint8_t* data, size_t len_b
       for (size_t o = 0; o < len_bytes; o += slice)
         piece.update(data + o, std::min(slice, len_bytes - o));
       sink = sink + piece.state().cv_stack_len;
+    } else if (stage == "md5") {
+      Md5Stream s;
+      for (size_t o = 0; o < len_bytes; o += slice)
+        s.update(data + o, std::min(slice, len_bytes - o));
+      sink = sink + s.digest()[0];
     } else if (stage == "aes_gcm") {
       RegionCipher cipher;
       ContentKey key{};
@@ -57,7 +62,7 @@ double stage_seconds(const std::string& stage, const uint8_t* data, size_t len_b
       sink = sink + scratch[0];
     } else {
       throw std::invalid_argument("unknown stage '" + stage +
-                                  "' (xxh3, crc64, blake3, aes_gcm, copy)");
+                                  "' (xxh3, crc64, blake3, md5, aes_gcm, copy)");
     }
   }
   const auto end = std::chrono::steady_clock::now();

@@ -10,6 +10,7 @@ STAGE_XXH3: int
 STAGE_CRC64: int
 STAGE_BLAKE3: int
 STAGE_ALL: int  # read + xxh3 + crc64 + blake3 (+ AES-GCM when a content key is given)
+STAGE_MD5: int  # whole-file MD5 of the payload (stored bytes); not in STAGE_ALL: serial per file
 #: Azure client-side encryption v2: plaintext region, per-region overhead (nonce 12 + tag 16)
 REGION_BYTES: int  # 4 MiB
 REGION_OVERHEAD_BYTES: int  # 28
@@ -29,7 +30,7 @@ def encrypt_regions(data: Buffer, content_key: bytes, first_region: int = 0) -> 
 def stage_seconds(stage: str, data: Buffer, repeat: int = 1) -> float:
     """Seconds one thread spends on a stage over data.
 
-    stage: 'xxh3', 'crc64', 'blake3', 'aes_gcm' or 'copy'."""
+    stage: 'xxh3', 'crc64', 'blake3', 'md5', 'aes_gcm' or 'copy'."""
 
 def cpu_features() -> dict[str, bool]: ...
 
@@ -72,6 +73,9 @@ class FileDone:
     blake3: (
         bytes | None
     )  # whole-file plaintext BLAKE3 (= b3sum); None when a partial range was read
+    #: with STAGE_MD5 on a whole-file read: MD5 of the payload bytes in order (the stored bytes,
+    #: ciphertext frames when encrypting), the blob's Content-MD5; else None
+    md5: bytes | None
 
 class FileFailed:
     """The file could not be read as planned. Chunks already emitted for it must be discarded."""

@@ -133,6 +133,17 @@ class CopyOptions:
     #: Content-Type of every blob of the run; None: per file, application/dicom for DICOM Part
     #: 10, else from the name's extension (pyengine.engine.content_type)
     content_type: str | None = None
+    #: what the destination endpoint is: "azure" or "databox" (Data Box Blob storage: REST
+    #: 2019-02-02, 880-character names, 100 MiB blocks; pyengine.targets.profile); None: a
+    #: ``*.microsoftdatabox.com`` host is a Data Box, any other is Azure
+    target: Literal["azure", "databox"] | None = None
+    #: PEM file of the CA (or self-signed certificate) to trust for HTTPS, e.g. a Data Box's own
+    #: certificate; None: the system's trust store (SSL_CERT_FILE / SSL_CERT_DIR honoured)
+    ca_cert_file: str | None = None
+    #: send each blob's MD5 (x-ms-blob-content-md5, of the stored bytes: the ciphertext when
+    #: encrypting) so AzCopy --check-md5, rclone check and Storage Explorer can verify it; the
+    #: MD5 is computed in the read pass, serial per file (see `pyengine bench native`)
+    put_md5: bool = False
 
     def __post_init__(self) -> None:
         if self.content_type is not None:  # it becomes a request header: refuse it up front

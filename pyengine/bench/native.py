@@ -1,9 +1,9 @@
 """``pyengine bench native``: what the native core can do on this machine, and its table.
 
-Each per-byte stage alone on one thread, the read stage alone, then the whole pipeline (read,
-xxh3-128, CRC64, BLAKE3, AES-GCM) for 1..N threads, compared with the ideal
-``min(threads, cores) / Σ stage seconds per byte``. :func:`run_native` returns a plain
-dataclass and prints nothing; :func:`print_native` renders it.
+Each per-byte stage alone on one thread (md5 included), the read stage alone, then the whole
+pipeline (read, xxh3-128, CRC64, BLAKE3, AES-GCM), with and without --put-md5's MD5, for 1..N
+threads, compared with the ideal ``min(threads, cores) / Σ stage seconds per byte``.
+:func:`run_native` returns a plain dataclass and prints nothing; :func:`print_native` renders it.
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ NATIVE_CHUNK_BYTES = 8 * MiB
 NATIVE_MEMORY_CAP_BYTES = 256 * MiB
 #: the machine is shared and noisy: every figure is the best of this many runs
 REPEATS = 3
-#: the per-byte stages of a combined run, in pipeline order (read is measured separately)
-NATIVE_STAGES = ("xxh3", "crc64", "blake3", "aes_gcm")
+#: the per-byte stages, in pipeline order (read is measured separately); md5 (--put-md5) runs
+#: only when asked, so the combined run and its limit leave it out (OPTIONAL_STAGES) and a second
+#: combined run per thread count adds it
+NATIVE_STAGES = ("xxh3", "crc64", "blake3", "aes_gcm", "md5")
+OPTIONAL_STAGES = ("md5",)
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,14 @@ class NativeRun:
     #: (GB per CPU second) / (1 / Σ stage CPU seconds per GB): the pipeline's own overhead,
     #: insensitive to other load on the machine (1.0 = no overhead beyond the stages)
     cpu_ratio: float = 0.0
+    #: the same pipeline with STAGE_MD5 (--put-md5) too: MD5 is one serial chain per file, so
+    #: over one file this stops near the md5 stage's one-thread rate however many threads run
+    md5_combined_gbps: float = 0.0
+
+
+def _default_stages(gbps: dict[str, float]) -> dict[str, float]:
+    """The figures of the stages every copy runs (not the optional md5)."""
+    return {stage: g for stage, g in gbps.items() if stage not in OPTIONAL_STAGES}
 
 
 @dataclass(frozen=True)
@@ -220,8 +231,8 @@ def run_native(
         "read": size_bytes / max(min(t[1] for t in read_times), 1e-9) / GB,
         **stage_cpu_gbps,
     }
-    seconds_per_gb = sum(1 / gbps for gbps in stage_gbps.values())
-    cpu_seconds_per_gb = sum(1 / gbps for gbps in stage_cpu_gbps.values())
+    seconds_per_gb = sum(1 / gbps for gbps in _default_stages(stage_gbps).values())
+    cpu_seconds_per_gb = sum(1 / gbps for gbps in _default_stages(stage_cpu_gbps).values())
     content_key = os.urandom(32)
     runs = []
     for threads in thread_counts:
@@ -231,6 +242,18 @@ def run_native(
                 size_bytes,
                 threads=threads,
                 stages=_core.STAGE_ALL,
+                content_key=content_key,
+                chunk_bytes=chunk_bytes,
+                memory_cap_bytes=memory_cap_bytes,
+            )
+            for _ in range(repeats)
+        )
+        md5_seconds = min(
+            pipeline_seconds(
+                path,
+                size_bytes,
+                threads=threads,
+                stages=_core.STAGE_ALL | _core.STAGE_MD5,
                 content_key=content_key,
                 chunk_bytes=chunk_bytes,
                 memory_cap_bytes=memory_cap_bytes,
@@ -249,6 +272,7 @@ def run_native(
                 seconds=seconds,
                 cpu_s=cpu_s,
                 cpu_ratio=size_bytes / max(cpu_s, 1e-9) / GB * cpu_seconds_per_gb,
+                md5_combined_gbps=size_bytes / md5_seconds / GB,
             )
         )
     return NativeResult(
@@ -275,10 +299,14 @@ def print_native(result: NativeResult, console: Any) -> None:
     stages.add_column("GB per CPU s", justify="right")
     for stage, gbps in result.stage_gbps.items():
         stages.add_row(stage, f"{gbps:.2f}", f"{result.stage_cpu_gbps.get(stage, 0.0):.2f}")
+    default_gbps, default_cpu_gbps = (
+        _default_stages(result.stage_gbps),
+        _default_stages(result.stage_cpu_gbps),
+    )
     stages.add_row(
-        "Σ (all stages in series)",
-        f"{1 / sum(1 / g for g in result.stage_gbps.values()):.2f}",
-        f"{1 / sum(1 / g for g in result.stage_cpu_gbps.values()):.2f}",
+        "Σ (all stages but md5, in series)",
+        f"{1 / sum(1 / g for g in default_gbps.values()):.2f}",
+        f"{1 / sum(1 / g for g in default_cpu_gbps.values() if g):.2f}",
     )
     console.print(stages)
     combined = Table(
@@ -286,7 +314,8 @@ def print_native(result: NativeResult, console: Any) -> None:
         caption=f"read+xxh3+crc64+blake3+aes_gcm, chunk {result.chunk_bytes // MiB} MiB,"
         f" cap {result.memory_cap_bytes // MiB} MiB, best of {REPEATS}",
     )
-    for column in ("threads", "combined GB/s", "limit GB/s", "ratio", "CPU ratio"):
+    columns = ("threads", "combined GB/s", "limit GB/s", "ratio", "CPU ratio", "+md5 GB/s")
+    for column in columns:
         combined.add_column(column, justify="right")
     for run in result.runs:
         combined.add_row(
@@ -295,10 +324,12 @@ def print_native(result: NativeResult, console: Any) -> None:
             f"{run.limit_gbps:.2f}",
             f"{run.ratio:.2f}",
             f"{run.cpu_ratio:.2f}",
+            f"{run.md5_combined_gbps:.2f}",
         )
     console.print(combined)
     console.print(
         f"load average {result.load_avg[0]:.1f} → {result.load_avg[1]:.1f} on {result.cores}"
         " cores (above the core count, wall-time figures are noisy). CPU ratio: GB per CPU"
         " second of the pipeline over the stages' own, i.e. its overhead whatever the load."
+        " +md5: the same run with --put-md5's MD5, serial per file."
     )

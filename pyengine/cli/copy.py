@@ -105,6 +105,28 @@ def _add_copy_flags(p: argparse.ArgumentParser) -> None:
         metavar="GLOB",
         help="skip matching paths (repeatable)",
     )
+    p.add_argument(
+        "--target",
+        choices=("azure", "databox"),
+        default=None,
+        help="the destination endpoint: Azure Blob Storage, or a Data Box's Blob storage (REST "
+        "2019-02-02, names <= 880 characters, blocks <= 100 MiB; tags, tier and immutability "
+        "are journaled for `pyengine finalize`) (default: databox for a "
+        "*.microsoftdatabox.com host, else azure)",
+    )
+    p.add_argument(
+        "--ca-cert",
+        default=None,
+        metavar="FILE",
+        help="PEM certificate(s) to trust for HTTPS, e.g. the Data Box's own "
+        "(default: the system store; SSL_CERT_FILE is honoured)",
+    )
+    p.add_argument(
+        "--put-md5",
+        action="store_true",
+        help="store each blob's Content-MD5 (of the stored bytes: the ciphertext when "
+        "encrypting) so AzCopy --check-md5 and rclone check can verify it",
+    )
     p.add_argument("--dry-run", action="store_true", help="scan and plan, send nothing")
     p.add_argument("--json", action="store_true", help="one JSON event per line instead of a bar")
     p.add_argument(
@@ -234,6 +256,9 @@ def _options_from(args: argparse.Namespace) -> CopyOptions:
         max_requests_per_s=args.max_requests_per_s,
         cap_mbps=args.cap_mbps,
         content_type=args.content_type,
+        target=args.target,
+        ca_cert_file=args.ca_cert,
+        put_md5=args.put_md5,
     )
 
 

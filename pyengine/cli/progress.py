@@ -153,6 +153,11 @@ class _Presenter:
                     f"{report.foreign_blocks_discarded} files had another tool's uncommitted "
                     "blocks on their blob: discarded, and the file sent again from its start"
                 )
+            if report.files_pending_finalize:
+                lines.append(
+                    f"{report.files_pending_finalize} files have properties pending for finalize "
+                    "(the destination cannot store them: see `pyengine finalize`)"
+                )
             if report.manifest_path:
                 lines.append(f"manifest: {report.manifest_path}")
         lines.extend(_deletion_lines(report))

@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from pyengine import _core
 from pyengine.engine.context import EventCallback, JobContext
@@ -43,9 +44,11 @@ from pyengine.options import CopyOptions
 from pyengine.state.joblock import JobLock, job_lock_path
 from pyengine.state.journal import Journal, default_journal_path
 from pyengine.state.manifest import ManifestWriter, default_manifest_path
+from pyengine.state.pending import ensure_table, files_pending
 from pyengine.targets.azure_blob import Destination, redact, resolve_credential
 from pyengine.targets.base import Target
 from pyengine.targets.open import check_options, destination, is_share, name_limit, open_target
+from pyengine.targets.profile import choose_profile
 
 if TYPE_CHECKING:
     from pyengine.policy import Policy
@@ -76,6 +79,9 @@ class _Job:
         self.sender = Sender(ctx, routing)
         self.decide = (DryRunDecider if options.dry_run else Decider)(ctx, self.sender)
         self.mirror = DeletionPass(ctx)
+        # Azure or a Data Box (--target, else the host name): REST version and plan-time limits
+        self.profile = choose_profile(options.target, urlsplit(dest.account_url).hostname or "")
+        self.sender.profile = self.profile
 
     # --- the job ---------------------------------------------------------------------------
 
@@ -117,7 +123,7 @@ class _Job:
         ctx, opts = self.ctx, self.ctx.options
         # a blob store or a mounted share (targets/open.py); the rest of the engine sees the
         # interface only (targets/base.py)
-        async with open_target(ctx.dest, credential, opts) as target:
+        async with open_target(ctx.dest, credential, opts, profile=self.profile) as target:
             ctx.store = target
             if opts.dry_run:
                 await dry_run(self, target)
@@ -142,6 +148,7 @@ class _Job:
         copy with its manifest, then record how it ended."""
         ctx, opts = self.ctx, self.ctx.options
         ctx.journal = journal
+        ensure_table(journal)  # properties the destination cannot store (state/pending.py)
         job_id = journal.find_unfinished_job(ctx.source, ctx.dest.redacted())
         ctx.resumed = job_id is not None
         if job_id is not None:
@@ -179,6 +186,7 @@ class _Job:
         # the writer's last commit and the job row, off the loop (a listener's progress display
         # or a library's other tasks keep running)
         await asyncio.to_thread(journal.stop_writer)
+        ctx.report.files_pending_finalize = await asyncio.to_thread(files_pending, journal, job_id)
         await asyncio.to_thread(
             journal.finish_job, job_id, "completed" if ctx.report.ok else "failed"
         )
@@ -207,6 +215,8 @@ class _Job:
             "exclude": list(o.exclude),
             "check": o.check,
             "delete_destination": o.delete_destination,
+            "target": self.profile.name,
+            "put_md5": o.put_md5,
         }
 
     # --- the scan and the files in flight --------------------------------------------------
@@ -332,13 +342,17 @@ class _Job:
         """Plans, decides and sends one file; its outcome is counted exactly once."""
         ctx, opts = self.ctx, self.ctx.options
         try:
-            name = blob_name(ctx.dest.prefix, src.rel_path, max_len=name_limit(ctx.dest))
+            # the destination's limits, checked before any byte of the file is sent
+            max_len = min(name_limit(ctx.dest), self.profile.max_name_chars)
+            name = blob_name(ctx.dest.prefix, src.rel_path, max_len=max_len)
             chunk_bytes, single_put = read_plan(
                 src.size_bytes,
                 single_put_max_bytes=opts.single_put_max_bytes,
                 block_bytes=opts.block_bytes,
                 encrypt=opts.encrypt,
                 path=src.rel_path,
+                max_block_bytes=self.profile.max_block_bytes,
+                max_blob_bytes=self.profile.max_blob_bytes,
             )
         except SourceError as e:
             await self.refuse(src.rel_path, e.reason, size_bytes=src.size_bytes)

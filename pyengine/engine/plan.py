@@ -38,6 +38,7 @@ def choose_block_bytes(
     min_block_bytes: int = 8 * MiB,
     encrypt: bool = False,
     path: str | None = None,
+    max_block_bytes: int = MAX_BLOCK_BYTES,
 ) -> int:
     """Block size for a file of ``size_bytes``: the smallest power of two that is at least
     ``min_block_bytes`` (and at least one 4 MiB region when encrypting, so that every block holds
@@ -45,8 +46,10 @@ def choose_block_bytes(
     50,000 blocks.
 
     Powers of two keep region boundaries aligned with block boundaries. The largest power of two
-    within the 4000 MiB block limit is 2 GiB, so a blob holds at most 100 TiB; a larger file
-    raises :class:`SourceError` naming ``path``.
+    within the 4000 MiB block limit is 2 GiB, so a blob holds at most 100 TiB; within a Data Box's
+    100 MiB blocks (``max_block_bytes``) it is 64 MiB, so at most 3.05 TiB there (the device's
+    4.75 TiB needs blocks that are no power of two). A larger file raises :class:`SourceError`
+    naming ``path``.
     """
     if size_bytes < 0:
         raise ValueError(f"size_bytes must be >= 0, got {size_bytes}")
@@ -57,12 +60,16 @@ def choose_block_bytes(
     # ceil(size / block) <= MAX_BLOCKS  <=>  size <= block * MAX_BLOCKS
     while size_bytes > block_bytes * MAX_BLOCKS_PER_BLOB:
         block_bytes <<= 1
-    if block_bytes > MAX_BLOCK_BYTES:
-        limit_bytes = (1 << (MAX_BLOCK_BYTES.bit_length() - 1)) * MAX_BLOCKS_PER_BLOB
+    # encrypted blocks carry 28 bytes per region more than their plaintext
+    if (encrypted_bytes(block_bytes) if encrypt else block_bytes) > max_block_bytes:
+        largest = 1 << (max_block_bytes.bit_length() - 1)
+        if encrypt and encrypted_bytes(largest) > max_block_bytes:
+            largest >>= 1
         raise SourceError(
             path or "<file>",
-            f"file too large for one block blob: {size_bytes} bytes > {limit_bytes} bytes "
-            f"({MAX_BLOCKS_PER_BLOB} blocks of at most 2 GiB)",
+            f"file too large for one block blob: {size_bytes} bytes > "
+            f"{largest * MAX_BLOCKS_PER_BLOB} bytes ({MAX_BLOCKS_PER_BLOB} blocks of at most "
+            f"{largest // MiB} MiB)",
         )
     return block_bytes
 
@@ -83,21 +90,49 @@ def read_plan(
     block_bytes: int | None,
     encrypt: bool,
     path: str | None = None,
+    max_block_bytes: int = MAX_BLOCK_BYTES,
+    max_blob_bytes: int | None = None,
 ) -> tuple[int, bool]:
     """How the core reads a file of ``size_bytes``: (chunk_bytes, single_put).
 
-    A file up to ``single_put_max_bytes`` goes up in one Put Blob, read as one chunk (a power of
-    two, at least one region when encrypting); a larger one in blocks of ``block_bytes`` when the
-    user chose it, else of :func:`choose_block_bytes`, which raises :class:`SourceError` for a
-    file too large for one blob.
+    A file up to ``single_put_max_bytes`` (and up to ``max_block_bytes``) goes up in one Put
+    Blob, read as one chunk (a power of two, at least one region when encrypting); a larger one
+    in blocks of ``block_bytes`` when the user chose it, else of :func:`choose_block_bytes`.
+    The target's limits (``max_block_bytes`` per request body, ``max_blob_bytes`` stored) are
+    checked here, at plan time: a file that breaks one raises :class:`SourceError` naming
+    ``path`` before any byte of it is sent.
     """
-    single_put = size_bytes <= single_put_max_bytes
+    shown = path or "<file>"
+    stored_bytes = encrypted_bytes(size_bytes) if encrypt else size_bytes
+    if max_blob_bytes is not None and stored_bytes > max_blob_bytes:
+        raise SourceError(
+            shown,
+            f"file too large for the destination: {stored_bytes} bytes to store > "
+            f"{max_blob_bytes} bytes per blob",
+        )
+    single_put = size_bytes <= min(single_put_max_bytes, max_block_bytes)
     if single_put:
         floor_bytes = REGION_BYTES if encrypt else MIN_CHUNK_BYTES
         return max(floor_bytes, next_pow2(size_bytes)), True
     if block_bytes:
+        payload_bytes = encrypted_bytes(block_bytes) if encrypt else block_bytes
+        if payload_bytes > max_block_bytes:
+            raise SourceError(
+                shown,
+                f"block size {payload_bytes} bytes > {max_block_bytes} bytes, the destination's "
+                "largest block (choose a smaller --block-size)",
+            )
+        if size_bytes > block_bytes * MAX_BLOCKS_PER_BLOB:
+            raise SourceError(
+                shown,
+                f"file needs more than {MAX_BLOCKS_PER_BLOB} blocks of {block_bytes} bytes "
+                "(choose a larger --block-size)",
+            )
         return block_bytes, False
-    return choose_block_bytes(size_bytes, encrypt=encrypt, path=path), False
+    return (
+        choose_block_bytes(size_bytes, encrypt=encrypt, path=path, max_block_bytes=max_block_bytes),
+        False,
+    )
 
 
 #: Characters the Blob service refuses or rewrites (see blob_name): one compiled class, since the

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from pyengine.crypto import content_key_from_metadata, encryption_metadata
 from pyengine.engine.metadata_names import ENCRYPTION_DATA, renamed
@@ -20,6 +21,7 @@ from pyengine.errors import PyEngineError
 from pyengine.options import RetryPolicy
 from pyengine.targets.azure_blob import BlobStore, parse_destination, resolve_credential
 from pyengine.targets.base import StoredBlob, Target
+from pyengine.targets.profile import choose_profile
 
 log = logging.getLogger("pyengine")
 
@@ -76,8 +78,10 @@ async def rekey(
     report = RekeyReport(dry_run=dry_run)
 
     retry = RetryPolicy()
+    # a Data Box host gets the REST version it accepts (targets/profile.py)
+    profile = choose_profile(None, urlsplit(destination.account_url).hostname or "")
     async with BlobStore(
-        destination, credential, retry=retry, max_connections=concurrency
+        destination, credential, retry=retry, max_connections=concurrency, profile=profile
     ) as blob_store:
         store: Target = blob_store  # the rest sees the interface only (targets/base.py)
         await store.ensure_container(create=False)

@@ -81,6 +81,9 @@ class CopyReport:
     #: files whose blob held another tool's uncommitted blocks (e.g. an interrupted AzCopy),
     #: discarded so the file could start over (each also a warning and an event)
     foreign_blocks_discarded: int = 0
+    #: committed files with properties the destination could not store (a Data Box: tags, tier,
+    #: immutability), journaled for `pyengine finalize` (pyengine.state.pending)
+    files_pending_finalize: int = 0
     manifest_path: str | None = None
     #: a dry run decides every file as a real run would and changes nothing: each file counts
     #: once, as to copy (files_to_copy), up to date (files_up_to_date) or failed (with its

@@ -16,6 +16,7 @@ module asks it once per read through the `prepare` callable that send_file takes
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,8 +29,10 @@ from pyengine.engine.scan import ScanProblem, SourceFile, display_path, restat
 from pyengine.errors import PyEngineError, SourceError
 from pyengine.options import MiB
 from pyengine.state.journal import FileRecord
+from pyengine.state.pending import record_pending
 from pyengine.targets.auth import redact
 from pyengine.targets.base import ForeignBlocksError
+from pyengine.targets.profile import AZURE, fit_properties
 
 log = logging.getLogger("pyengine")
 
@@ -90,6 +93,8 @@ class Sender:
         self.place: PlaceFn | None = None
         #: journal file ids whose Put Block met another writer's staged blocks (ForeignBlocksError)
         self._foreign: set[int] = set()
+        #: what the destination accepts (the job sets it: pyengine.targets.profile)
+        self.profile = AZURE
 
     # --- the native pipeline's completions -------------------------------------------------
 
@@ -353,6 +358,8 @@ class Sender:
                 block_bytes=opts.block_bytes,
                 encrypt=opts.encrypt,
                 path=now.rel_path,
+                max_block_bytes=self.profile.max_block_bytes,
+                max_blob_bytes=self.profile.max_blob_bytes,
             )
         except SourceError as e:
             return e.reason
@@ -391,6 +398,8 @@ class Sender:
             chunk_bytes=task.chunk_bytes,
             content_key=task.content_key,
             head_bytes=HEAD_BYTES,
+            # --put-md5: the MD5 of the stored bytes, in the same read (FileDone.md5)
+            stages=_core.STAGE_ALL | (_core.STAGE_MD5 if ctx.options.put_md5 else 0),
         )
         common = {
             "size_bytes": src.size_bytes,
@@ -490,9 +499,25 @@ class Sender:
         # Put Blob and Put Block List both take x-ms-blob-content-type; an encrypted blob gets
         # its plaintext's type (content_type.py says why)
         content_type = content_type_for(task.done.head or b"", task.src.rel_path, opts.content_type)
+        tier, tags = opts.tier, dict(opts.tags) or None
+        headers = {"x-ms-blob-content-type": content_type}
         if self.place is not None:
             placed = self.place(task)
             if placed is not None:
-                tier, tags, headers = placed
-                return tier, tags, {"x-ms-blob-content-type": content_type, **headers}
-        return opts.tier, dict(opts.tags) or None, {"x-ms-blob-content-type": content_type}
+                tier, tags, extra = placed
+                headers.update(extra)
+        return self._fit_to_target(tier, tags, headers, task)
+
+    def _fit_to_target(
+        self, tier: str | None, tags: dict[str, str] | None, headers: dict[str, str], task: FileTask
+    ) -> tuple[str | None, dict[str, str] | None, dict[str, str]]:
+        """The commit properties as the destination can take them (targets/profile.py): what
+        it cannot store (a Data Box: tags, tier, immutability) is journaled pending for
+        `pyengine finalize`, not sent. With --put-md5, the blob's Content-MD5: the MD5 of the
+        stored bytes (the ciphertext when encrypting), which AzCopy and rclone compare."""
+        if getattr(task.done, "md5", None) is not None:
+            headers["x-ms-blob-content-md5"] = base64.b64encode(task.done.md5).decode("ascii")
+        tier, tags, headers, pending = fit_properties(self.profile, tier, tags, headers)
+        if pending and self.ctx.journal is not None:
+            record_pending(self.ctx.journal, self.ctx.report.job_id, task.record, pending)
+        return tier, tags, headers

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from pyengine.engine.metadata_names import JOB_ID, meta_get
 from pyengine.engine.scan import display_path
@@ -39,6 +40,7 @@ from pyengine.targets.azure_blob import (
     parse_destination,
     resolve_credential,
 )
+from pyengine.targets.profile import choose_profile
 
 # --- which jobs, which blobs -------------------------------------------------------------------
 
@@ -209,8 +211,14 @@ async def verify(
             report.files_not_committed = summary.files_total - summary.files_copied
         # the user's URL (it may carry a SAS) for a destination; the journaled one for a job
         credential = resolve_credential(dest, connection_string)
+        # a Data Box host gets the REST version it accepts (targets/profile.py)
+        profile = choose_profile(None, urlsplit(dest.account_url).hostname or "")
         async with BlobStore(
-            dest, credential, retry=RetryPolicy(), max_connections=HEAD_CONCURRENCY
+            dest,
+            credential,
+            retry=RetryPolicy(),
+            max_connections=HEAD_CONCURRENCY,
+            profile=profile,
         ) as store:
             checker = BlobChecker(
                 journal,

@@ -47,6 +47,8 @@ from pyengine.targets.pacer import (
     Pacer,
     RetryableHTTPError,
 )
+from pyengine.targets.profile import AZURE, AZURE_API_VERSION, TargetProfile
+from pyengine.targets.tls import CertificateProblem, certificate_reason, ssl_context
 from pyengine.targets.wire import (
     _NO_PERMISSION_CODES,
     BlobProps,
@@ -66,11 +68,10 @@ from pyengine.targets.wire import (
 
 log = logging.getLogger("pyengine")
 
-#: REST API version of every request. 2021-08-06: tags (>= 2019-12-12) and tier on Put Blob /
-#: Put Block List (>= 2018-11-09). Azurite accepts it; Data Box accepts at most 2019-02-02.
-API_VERSION = "2021-08-06"
-
-#: Azurite's well-known development account (public, documented in Azurite's README).
+#: REST API version of Azure requests. 2021-08-06: tags (>= 2019-12-12) and tier on Put Blob /
+#: Put Block List (>= 2018-11-09). Azurite accepts it; Data Box accepts at most 2019-02-02, so
+#: each BlobStore sends its profile's version (pyengine.targets.profile).
+API_VERSION = AZURE_API_VERSION
 
 
 class BlobStore:
@@ -89,8 +90,13 @@ class BlobStore:
         max_connections: int = 64,
         max_requests_per_s: float | None = None,
         cap_bytes_per_s: float | None = None,
+        profile: TargetProfile = AZURE,
+        ca_cert_file: str | None = None,
     ) -> None:
         self.dest = dest
+        #: what the endpoint accepts; every request sends its api_version
+        self.profile = profile
+        self._ssl = ssl_context(ca_cert_file)
         self.pacer = Pacer(
             retry,
             max_concurrency=max_connections,
@@ -122,7 +128,11 @@ class BlobStore:
         self._date = ("", 0)
 
     async def __aenter__(self) -> BlobStore:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            ttl_dns_cache=300,
+            ssl=self._ssl if self._ssl is not None else True,
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             # No sock_read: the pacer's stall watch aborts a try that makes no progress, and
@@ -177,7 +187,7 @@ class BlobStore:
         url = URL(f"{self._origin}{path}?{qs}" if qs else f"{self._origin}{path}", encoded=True)
         subject = self.dest.container_url if name is None else self.dest.blob_url(name)
         size_bytes = 0 if body is None else memoryview(body).nbytes
-        base_headers = {"x-ms-version": API_VERSION, **(headers or {})}
+        base_headers = {"x-ms-version": self.profile.api_version, **(headers or {})}
         if body is not None:
             base_headers.setdefault("content-type", "application/octet-stream")
         base_headers["content-length"] = str(size_bytes)
@@ -199,12 +209,15 @@ class BlobStore:
                     if body is None
                     else _BufferPayload(body, watch=watch, bandwidth=self.pacer.bandwidth)
                 )
-                async with self._session.request(method, url, headers=hdrs, data=data) as resp:
-                    watch.touch()
-                    parts = []
-                    async for piece in resp.content.iter_any():
+                try:
+                    async with self._session.request(method, url, headers=hdrs, data=data) as resp:
                         watch.touch()
-                        parts.append(piece)
+                        parts = []
+                        async for piece in resp.content.iter_any():
+                            watch.touch()
+                            parts.append(piece)
+                except aiohttp.ClientConnectorCertificateError as e:
+                    raise CertificateProblem(certificate_reason(e)) from None
             return resp, b"".join(parts), hdrs.get("authorization")
 
         async def attempt() -> tuple[int, Mapping[str, str], bytes]:
@@ -226,6 +239,8 @@ class BlobStore:
             return await self.pacer.call(attempt, what=what)
         except RetryableHTTPError as exc:
             raise self._map_error(exc, subject, what) from None
+        except CertificateProblem as exc:
+            raise DestinationError(subject, f"{what}: {exc}") from None
         except RETRY_EXCEPTIONS as exc:
             raise DestinationError(
                 subject, redact(f"{what}: {type(exc).__name__}: {exc}".strip())

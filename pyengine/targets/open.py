@@ -103,10 +103,11 @@ def share_state_path(dest: Destination, journal_path: str | os.PathLike[str] | N
 
 @contextlib.asynccontextmanager
 async def open_target(
-    dest: Destination, credential: Any, options: CopyOptions
+    dest: Destination, credential: Any, options: CopyOptions, *, profile: Any = None
 ) -> AsyncIterator[Target]:
     """The job's target for ``dest``: a ShareTarget for a share (``credential`` unused: None),
-    else a BlobStore, which takes ownership of ``credential`` (resolve_credential's)."""
+    else a BlobStore, which takes ownership of ``credential`` (resolve_credential's), speaking
+    ``profile``'s REST version (targets/profile.py: Azure or a Data Box)."""
     cap_bytes_per_s = options.cap_mbps * 1e6 / 8 if options.cap_mbps else None
     target: Any
     if is_share(dest):
@@ -129,6 +130,8 @@ async def open_target(
             max_connections=options.max_concurrency,
             max_requests_per_s=options.max_requests_per_s,
             cap_bytes_per_s=cap_bytes_per_s,
+            ca_cert_file=options.ca_cert_file,
+            **({"profile": profile} if profile is not None else {}),
         )
     async with target:
         yield target

@@ -46,7 +46,8 @@ def test_bench_native_json_gives_positive_figures_and_sane_ratio(
     # in four suite runs); the CPU-time ratio below is the check that one thread cannot beat the
     # sum of its stages
     assert run["ratio"] > 0
-    assert set(run["stage_gbps"]) == {"read", "xxh3", "crc64", "blake3", "aes_gcm"}
+    assert set(run["stage_gbps"]) == {"read", "xxh3", "crc64", "blake3", "aes_gcm", "md5"}
+    assert run["md5_combined_gbps"] > 0
     assert all(gbps > 0 for gbps in run["stage_gbps"].values())
     # the pipeline cannot use less CPU per byte than its stages alone, beyond timer noise
     assert 0 < run["cpu_ratio"] < 1.5
@@ -56,7 +57,7 @@ def test_bench_native_table_names_every_stage(capsys: pytest.CaptureFixture[str]
     code = bench.run_bench(_parse(["bench", "native", "--bytes", "8M", "--threads", "1"]))
     out = capsys.readouterr().out
     assert code == 0
-    for stage in ("read", "xxh3", "crc64", "blake3", "aes_gcm", "CPU features"):
+    for stage in ("read", "xxh3", "crc64", "blake3", "aes_gcm", "md5", "+md5", "CPU features"):
         assert stage in out
 
 
