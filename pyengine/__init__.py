@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from pyengine.engine.job import copy
 from pyengine.engine.report import CopyReport, Event
+from pyengine.restore import RestoreOptions, RestoreReport, restore
 
 from .crypto import LocalKeyWrapper, load_kek_file
 from .errors import (
@@ -40,9 +41,12 @@ __all__ = [
     "JournalError",
     "LocalKeyWrapper",
     "PyEngineError",
+    "RestoreOptions",
+    "RestoreReport",
     "RetryPolicy",
     "SourceError",
     "__version__",
     "copy",
     "load_kek_file",
+    "restore",
 ]

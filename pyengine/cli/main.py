@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from pyengine import __version__
-from pyengine.cli import copy, jobs, rekey, verify
+from pyengine.cli import copy, jobs, rekey, restore, verify
 from pyengine.cli.common import EXIT_USAGE, Parser, stderr
 
 # Re-exported: tests/integration/test_faults.py drives the presenter through this module.
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_parser(sub)
     verify.add_parser(sub)
     rekey.add_parser(sub)
+    restore.add_parser(sub)
 
     from pyengine.bench import add_bench_parser
 
@@ -55,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "jobs": jobs.cmd_jobs,
         "verify": verify.cmd_verify,
         "rekey": rekey.cmd_rekey,
+        "restore": restore.cmd_restore,
     }
     try:
         if args.command == "bench":
