@@ -1,5 +1,6 @@
 #include "writer.hpp"
 
+#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -174,6 +175,13 @@ RangeDoneEvent Writer::process(const WriteRange& r, RegionCipher& cipher, uint8_
       }
     }
   }
+#ifdef __linux__
+  // Start writeback of what this range wrote now (asynchronous, errors surface at fsync): the
+  // file's fsync before its rename then waits for little instead of the whole file, measured
+  // 0.5 s of 1.9 s for 1 GiB on this machine's disk without it.
+  ::sync_file_range(r.fd, static_cast<off_t>(r.offset_bytes), static_cast<off_t>(r.plain_bytes),
+                    SYNC_FILE_RANGE_WRITE);
+#endif
   if (piece) {
     if (r.last) {
       std::lock_guard<std::mutex> lock(states_mu_);

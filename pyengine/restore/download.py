@@ -1,9 +1,9 @@
 """How a blob's bytes reach the local file: ranged Get Blob requests, each handed as received to
 the native writer (_core.Writer), which checks, decrypts, hashes and pwrites it off the event loop.
 
-Memory is bounded by a byte budget (the same cap as upload): a range holds its stored size from
-before its request until the writer is done with its buffer, and no request starts without its
-share. Ranges are granted in request order, so the files started first finish first.
+Memory is bounded by a pool of reusable buffers under the same cap as upload: a range holds one
+from before its request until the writer is done with it, and no request starts without one.
+Buffers are granted in request order, so the files started first finish first.
 """
 
 from __future__ import annotations
@@ -28,48 +28,82 @@ class RangeFailed(Exception):
         self.reason = reason
 
 
-class ByteBudget:
-    """A FIFO byte semaphore: ``async with budget.hold(n)`` waits until ``n`` bytes are free."""
+class BufferPool:
+    """Reusable download buffers under a hard byte cap: ``async with pool.buffer(n) as buf``
+    waits, in request order, until a buffer of at least ``n`` bytes can be handed out.
+
+    Buffers are kept and reused by size (rounded up to 64 KiB): a restore of many files of one
+    size, or of one large file, allocates its buffers once, so nothing is page-faulted or
+    fragmented per range and the bytes held never exceed the cap (allocated, not just in use).
+    A free buffer of another size is dropped when a request needs its room.
+    """
+
+    GRAIN_BYTES = 64 * 1024
 
     def __init__(self, cap_bytes: int) -> None:
         self.cap_bytes = cap_bytes
-        self.in_use_bytes = 0
+        self.allocated_bytes = 0
         self.peak_bytes = 0
-        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._free: dict[int, list[bytearray]] = collections.defaultdict(list)
+        self._free_bytes = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[bytearray]]] = (
+            collections.deque()
+        )
+
+    def _size_class(self, n: int) -> int:
+        size = -(-max(n, 1) // self.GRAIN_BYTES) * self.GRAIN_BYTES
+        return min(size, max(self.cap_bytes, n))  # one range larger than the cap still runs
+
+    def _try_take(self, size: int) -> bytearray | None:
+        free = self._free.get(size)
+        if free:
+            self._free_bytes -= size
+            return free.pop()
+        # room for a new buffer, dropping free buffers of other sizes if that makes it
+        while self.allocated_bytes + size > self.cap_bytes and self._free_bytes:
+            other = next(k for k, v in self._free.items() if v)
+            self._free[other].pop()
+            self._free_bytes -= other
+            self.allocated_bytes -= other
+        if self.allocated_bytes + size > self.cap_bytes and self.allocated_bytes:
+            return None
+        self.allocated_bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.allocated_bytes)
+        return bytearray(size)
 
     @asynccontextmanager
-    async def hold(self, n: int):  # type: ignore[no-untyped-def]
-        # A range larger than the whole cap still runs, alone, rather than never.
-        n = min(n, self.cap_bytes)
-        if self._waiters or self.in_use_bytes + n > self.cap_bytes:
-            fut = asyncio.get_running_loop().create_future()
-            self._waiters.append((n, fut))
+    async def buffer(self, n: int):  # type: ignore[no-untyped-def]
+        size = self._size_class(n)
+        buf = None if self._waiters else self._try_take(size)
+        if buf is None:
+            fut: asyncio.Future[bytearray] = asyncio.get_running_loop().create_future()
+            self._waiters.append((size, fut))
             try:
-                await fut
+                buf = await fut
             except BaseException:
                 if fut.done() and not fut.cancelled():
-                    self._release(n)  # granted while being cancelled: give it back
+                    self._give_back(fut.result())
                 else:
-                    self._waiters.remove((n, fut))
+                    self._waiters.remove((size, fut))
                 raise
-        else:
-            self._take(n)
         try:
-            yield
+            yield memoryview(buf)
         finally:
-            self._release(n)
+            self._give_back(buf)
 
-    def _take(self, n: int) -> None:
-        self.in_use_bytes += n
-        self.peak_bytes = max(self.peak_bytes, self.in_use_bytes)
-
-    def _release(self, n: int) -> None:
-        self.in_use_bytes -= n
-        while self._waiters and self.in_use_bytes + self._waiters[0][0] <= self.cap_bytes:
-            need, fut = self._waiters.popleft()
-            if not fut.done():
-                self._take(need)
-                fut.set_result(None)
+    def _give_back(self, buf: bytearray) -> None:
+        self._free[len(buf)].append(buf)
+        self._free_bytes += len(buf)
+        while self._waiters:
+            size, fut = self._waiters[0]
+            if fut.done():
+                self._waiters.popleft()
+                continue
+            taken = self._try_take(size)
+            if taken is None:
+                return
+            self._waiters.popleft()
+            fut.set_result(taken)
 
 
 class WriterLoop:
@@ -117,7 +151,7 @@ async def fetch_ranges(
     *,
     store: Any,
     writer: WriterLoop,
-    budget: ByteBudget,
+    pool: BufferPool,
     blob_name: str,
     etag: str,
     layout: RangeLayout,
@@ -136,12 +170,17 @@ async def fetch_ranges(
     async def one(index: int) -> None:
         stored_offset, stored_len = layout.stored_span(index)
         plain_offset, plain_len = layout.plain_span(index)
-        async with budget.hold(stored_len):
+        async with pool.buffer(stored_len) as buf:
             if failure:
                 return
             ask_crc = stored_len <= MAX_CRC64_RANGE_BYTES
             headers, data = await store.get_range(
-                blob_name, stored_offset, stored_len, if_match=etag, crc64=ask_crc
+                blob_name,
+                stored_offset,
+                stored_len,
+                if_match=etag,
+                crc64=ask_crc,
+                into=buf[:stored_len],
             )
             expected_crc = crc64_from_header(headers.get("x-ms-content-crc64")) if ask_crc else None
             done = await writer.write(
@@ -156,7 +195,8 @@ async def fetch_ranges(
                 crc64=expected_crc,
             )
             received = len(data)
-            del data
+            data.release()
+            buf.release()
         if not done.ok:
             raise RangeFailed(done.reason)
         if done.cv is not None:
