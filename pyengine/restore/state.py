@@ -32,10 +32,15 @@ class PartState:
         self._file: TextIO | None = None
 
     @classmethod
-    def open(cls, path: Path, header: dict[str, Any], *, part_exists: bool) -> PartState:
+    def open(
+        cls, path: Path, header: dict[str, Any], *, part_exists: bool, persist: bool = True
+    ) -> PartState:
         """The recorded state when it belongs to this blob version and its temporary file still
-        exists; otherwise a fresh state (the old file, if any, is replaced)."""
+        exists; otherwise a fresh state (the old file, if any, is replaced). Without ``persist``
+        (a one-range file: its one range is the last, always fetched again) nothing is written."""
         state = cls(path, header)
+        if not persist:
+            return state
         if part_exists:
             state.done = _read(path, header)
         mode = "a" if state.done else "w"
@@ -47,7 +52,8 @@ class PartState:
 
     def record(self, index: int, cv: bytes) -> None:
         self.done[index] = cv
-        assert self._file is not None
+        if self._file is None:
+            return
         self._file.write(json.dumps({"i": index, "cv": cv.hex()}) + "\n")
         self._file.flush()
 
@@ -57,6 +63,8 @@ class PartState:
             self._file = None
 
     def remove(self) -> None:
+        if self._file is None:
+            return  # never persisted (or already removed)
         self.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
