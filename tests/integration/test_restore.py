@@ -303,3 +303,24 @@ def test_cli_exit_code_is_1_when_a_file_fails_and_errors_are_one_line(azurite, c
     assert proc.returncode == 1
     assert "error: /abs: absolute name refused" in stderr
     assert (tmp_path / "out" / "ok.bin").read_bytes() == b"ok"
+
+
+def test_archived_blobs_are_reported_pending_and_rehydrate_asks_for_hot(
+    azurite, container, tmp_path
+):
+    cc = container_client(azurite, container)
+    cc.upload_blob("a/cold.bin", b"cold")
+    cc.upload_blob("a/warm.bin", b"warm")
+    cc.get_blob_client("a/cold.bin").set_standard_blob_tier("Archive")
+    out = tmp_path / "out"
+    report, _ = run_restore(azurite, tmp_path, container + "/a/", out)
+    assert not report.ok and report.files_failed == 0
+    assert report.files_pending_archive == 1 and report.pending_archive == ["a/cold.bin"]
+    assert (out / "warm.bin").read_bytes() == b"warm" and not (out / "cold.bin").exists()
+    statuses = {e["path"]: e["status"] for e in read_manifest(report.manifest_path)}
+    assert statuses == {"cold.bin": "pending", "warm.bin": "unverified"}  # SDK blob: no digest
+    report, _ = run_restore(azurite, tmp_path, container + "/a/", out, rehydrate="High")
+    assert report.files_pending_archive == 1
+    props = cc.get_blob_client("a/cold.bin").get_blob_properties()
+    # the service records the request: Azure shows rehydrate-pending-to-hot; Azurite moves it
+    assert props.archive_status == "rehydrate-pending-to-hot" or props.blob_tier == "Hot"
