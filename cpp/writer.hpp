@@ -28,7 +28,7 @@ struct WriteRange {
   uint64_t token = 0;    // the caller's handle for this range (echoed in its event)
   uint64_t file_id = 0;  // ranges of one file share it (BLAKE3 assembly)
   uint64_t index = 0;    // range index within the file
-  int fd = -1;           // destination, opened for writing by the caller
+  int fd = -1;           // destination opened for writing by the caller; -1: check and hash only
   uint64_t offset_bytes = 0;  // plaintext offset in the file
   uint64_t plain_bytes = 0;   // plaintext bytes this range must yield
   const uint8_t* data = nullptr;  // stored bytes (ciphertext frames when encrypted)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import os
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from pyengine import _core
@@ -212,3 +214,38 @@ async def fetch_ranges(
     await asyncio.gather(*(guarded(i) for i in todo))
     if failure:
         raise failure[0]
+
+
+async def read_digest(
+    store: Any,
+    blob_name: str,
+    layout: RangeLayout,
+    content_key: bytes | None,
+    *,
+    pool: BufferPool,
+    threads: int,
+    on_bytes: Callable[[int, int], None],
+) -> bytes:
+    """The plaintext BLAKE3 of a blob read through the restore path (ranges, CRC64, GCM tags,
+    BLAKE3 tree) without writing it anywhere: ``verify --deep``. Raises as fetch_ranges does."""
+    if layout.count == 0:
+        return _core.blake3(b"")
+    writer = WriterLoop(threads)
+    try:
+        state = PartState(Path(os.devnull), {})
+        await fetch_ranges(
+            store=store,
+            writer=writer,
+            pool=pool,
+            blob_name=blob_name,
+            etag="",
+            layout=layout,
+            fd=-1,
+            file_id=1,
+            content_key=content_key,
+            state=state,
+            on_bytes=on_bytes,
+        )
+        return writer.writer.digest(1, [state.done[i] for i in range(layout.count - 1)])
+    finally:
+        writer.close()

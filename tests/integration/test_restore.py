@@ -168,7 +168,7 @@ def test_tampered_ciphertext_fails_its_file_and_leaves_nothing(azurite, containe
 
     _rewrite_blob(azurite, url, "t/victim.bin", flip)
     _restore_expecting_one_failure(
-        azurite, tmp_path, url, tmp_path / "out", "authentication tag mismatch", kek=kek
+        azurite, tmp_path, url, tmp_path / "out", "AES-GCM tag does not match", kek=kek
     )
 
 
