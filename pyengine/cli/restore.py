@@ -35,6 +35,8 @@ def add_parser(sub: Any) -> None:
     add_credential_flags(p)
     p.add_argument("--kek-file", help="key-encryption key of encrypted blobs (32 raw bytes)")
     p.add_argument("--job", default=None, help="restore only the blobs this copy job committed")
+    p.add_argument("--study", default=None, metavar="UID", help="only blobs tagged studyuid=UID")
+    p.add_argument("--tenant", default=None, help="only blobs tagged tenant=TENANT")
     p.add_argument("--include", action="append", default=[], metavar="GLOB")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB")
     p.add_argument(
@@ -82,6 +84,8 @@ def options_from(args: argparse.Namespace) -> Any:
         include=tuple(args.include),
         exclude=tuple(args.exclude),
         job_id=args.job,
+        study_uid=args.study,
+        tenant=args.tenant,
         connection_string=args.connection_string,
         journal_path=args.journal,
         manifest_path=args.manifest,

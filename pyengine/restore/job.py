@@ -109,7 +109,7 @@ class _Restore:
             await store.ensure_container(create=False)
             path_filter = PathFilter(self.opts.include, self.opts.exclude)
             blobs: list[tuple[BlobProps, str]] = []
-            async for blob in store.list_blobs(self.dest.prefix, metadata=True):
+            async for blob in self._listing(store):
                 if not blob.name.startswith(self.dest.prefix):
                     continue  # a listing must not hand back names outside the prefix asked for
                 if wanted is not None and blob.name not in wanted:
@@ -146,6 +146,19 @@ class _Restore:
         self.report.elapsed_s = time.monotonic() - started
         self.emit("job_finished", extra={"job_id": self.job_id})
         return self.report
+
+    async def _listing(self, store: Any) -> Any:
+        """The blobs under the prefix; with --study / --tenant only those whose index tags match
+        (tags come with the listing, so the selection costs no request per blob)."""
+        want = {"studyuid": self.opts.study_uid, "tenant": self.opts.tenant}
+        want = {k: v for k, v in want.items() if v is not None}
+        if not want:
+            async for blob in store.list_blobs(self.dest.prefix, metadata=True):
+                yield blob
+            return
+        async for blob, tags in store.list_blobs_tagged(self.dest.prefix):
+            if all(tags.get(k) == v for k, v in want.items()):
+                yield blob
 
     def _job_blobs(self) -> set[str] | None:
         """The blob names a copy job committed (--job), or None for every blob listed."""

@@ -28,6 +28,10 @@ class RestoreOptions:
     exclude: tuple[str, ...] = ()
     #: restore only the blobs this copy job committed (from its journal)
     job_id: str | None = None
+    #: restore only blobs whose index tags say this study / tenant (tags ``studyuid``, ``tenant``
+    #: as copy's policy writes them; read from the listing, include=tags)
+    study_uid: str | None = None
+    tenant: str | None = None
     #: secret: never printed (repr=False)
     connection_string: str | None = field(default=None, repr=False)
     journal_path: str | None = None

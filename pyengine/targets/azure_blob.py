@@ -465,6 +465,41 @@ class BlobStore:
             headers["x-ms-rehydrate-priority"] = rehydrate_priority
         await self._request("PUT", name, what="set tier", query={"comp": "tier"}, headers=headers)
 
+    async def list_blobs_tagged(
+        self, prefix: str = "", *, page_size: int = 5000
+    ) -> AsyncIterator[tuple[BlobProps, dict[str, str]]]:
+        """As list_blobs (with metadata), each blob with its index tags (include=tags): restore
+        selects by tenant and study UID from the listing, one request per 5000 blobs."""
+        marker = ""
+        while True:
+            query = {"restype": "container", "comp": "list", "maxresults": str(page_size)}
+            query["include"] = "metadata,tags"
+            if prefix:
+                query["prefix"] = prefix
+            if marker:
+                query["marker"] = marker
+            _, _, content = await self._request("GET", None, what="list blobs", query=query)
+            blobs, marker = parse_blob_list(content)
+            for blob, tags in zip(blobs, _blob_tags(content), strict=True):
+                yield blob, tags
+            if not marker:
+                return
+
+
+def _blob_tags(content: bytes) -> list[dict[str, str]]:
+    """The index tags of each blob of a List Blobs page, in listing order."""
+    import xml.etree.ElementTree as ET
+
+    out = []
+    for b in ET.fromstring(content).iter("Blob"):
+        out.append(
+            {
+                t.findtext("Key") or "": t.findtext("Value") or ""
+                for t in b.iterfind("Tags/TagSet/Tag")
+            }
+        )
+    return out
+
 
 async def _read_into(resp: Any, into: memoryview, watch: Any) -> Any:
     """Copy a response body into ``into``; the filled part. A body longer than the buffer is

@@ -324,3 +324,19 @@ def test_archived_blobs_are_reported_pending_and_rehydrate_asks_for_hot(
     props = cc.get_blob_client("a/cold.bin").get_blob_properties()
     # the service records the request: Azure shows rehydrate-pending-to-hot; Azurite moves it
     assert props.archive_status == "rehydrate-pending-to-hot" or props.blob_tier == "Hot"
+
+
+def test_study_and_tenant_select_blobs_by_their_index_tags(azurite, container, tmp_path):
+    cc = container_client(azurite, container)
+    cc.upload_blob("s/a.dcm", b"a", tags={"tenant": "north", "studyuid": "1.2.3"})
+    cc.upload_blob("s/b.dcm", b"b", tags={"tenant": "north", "studyuid": "1.2.4"})
+    cc.upload_blob("s/c.dcm", b"c", tags={"tenant": "south", "studyuid": "1.2.3"})
+    report, _ = run_restore(
+        azurite, tmp_path, container + "/s/", tmp_path / "o1", study_uid="1.2.3"
+    )
+    assert sorted(p.name for p in (tmp_path / "o1").iterdir()) == ["a.dcm", "c.dcm"]
+    report, _ = run_restore(
+        azurite, tmp_path, container + "/s/", tmp_path / "o2", study_uid="1.2.3", tenant="north"
+    )
+    assert report.files_copied == 1
+    assert [p.name for p in (tmp_path / "o2").iterdir()] == ["a.dcm"]
