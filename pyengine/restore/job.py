@@ -259,14 +259,7 @@ class _Restore:
             )
         mtime_ns = recorded_int(md, "pyenginemtimens", "pyengine_mtime_ns")
         final = self.root.joinpath(*segments)
-        parent = final.parent
-        try:
-            os.makedirs(parent, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise UnsafeNameError(shown, "a file stands where a directory is needed") from None
-        real_parent = os.path.realpath(parent)
-        if real_parent != str(self.root) and not real_parent.startswith(str(self.root) + os.sep):
-            raise UnsafeNameError(shown, "a symbolic link leads out of the target directory")
+        parent = _make_parents(self.root, segments[:-1], shown)
         try:
             st = os.lstat(final)
         except FileNotFoundError:
@@ -383,6 +376,29 @@ class _Restore:
             return "blob is in the Archive tier: rehydrate it (--rehydrate Standard|High)"
         await self.store.set_tier(blob.name, "Hot", rehydrate_priority=self.opts.rehydrate)
         return f"rehydration to Hot requested ({self.opts.rehydrate}): run restore again later"
+
+
+def _make_parents(root: Path, dirs: list[str], shown: str) -> Path:
+    """Create ``root/dirs...`` one level at a time, never through a symbolic link that leads
+    out of ``root`` (checked before anything is created under it), nor over a file."""
+    path = root
+    for segment in dirs:
+        path = path / segment
+        try:
+            os.mkdir(path, 0o755)
+            continue
+        except FileExistsError:
+            pass
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            real = os.path.realpath(path)
+            if not (real == str(root) or real.startswith(str(root) + os.sep)):
+                raise UnsafeNameError(shown, "a symbolic link leads out of the target directory")
+            if not os.path.isdir(real):
+                raise UnsafeNameError(shown, "a file stands where a directory is needed")
+        elif not stat.S_ISDIR(st.st_mode):
+            raise UnsafeNameError(shown, "a file stands where a directory is needed")
+    return path
 
 
 def _quoted(etag: str) -> str:

@@ -41,6 +41,8 @@ class PartState:
         state = cls(path, header)
         if not persist:
             return state
+        if os.path.islink(path):
+            os.unlink(path)  # never append to, or truncate, whatever a planted link points at
         if part_exists:
             state.done = _read(path, header)
         mode = "a" if state.done else "w"

@@ -226,6 +226,7 @@ def test_hostile_names_are_refused_per_file_and_nothing_escapes(azurite, contain
     out.mkdir()
     (out / "link").symlink_to(outside)
     cc.upload_blob("h/link/x", b"payload")
+    cc.upload_blob("h/link/newdir/y", b"payload")  # no directory may be made through the link
     report, _ = run_restore(azurite, tmp_path, container + "/h/", out)
     reasons = dict(report.failures)
     assert "'..' segment" in reasons["../up"]
@@ -233,7 +234,8 @@ def test_hostile_names_are_refused_per_file_and_nothing_escapes(azurite, contain
     assert "empty path segment" in reasons["a//b"]
     assert "a file and a directory" in reasons["d"]
     assert "symbolic link" in reasons["link/x"]
-    assert report.files_failed == 5 and report.files_copied == 3
+    assert "symbolic link" in reasons["link/newdir/y"]
+    assert report.files_failed == 6 and report.files_copied == 3
     assert (out / "ok.txt").read_bytes() == b"payload"
     assert (out / "d" / "e").read_bytes() == b"payload"
     assert (out / "%2e%2e" / "lit").read_bytes() == b"payload"
