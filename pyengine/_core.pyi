@@ -144,7 +144,8 @@ class RangeDone:
 
 class Writer:
     """Restore's write path: worker threads check (CRC64, GCM tags), decrypt, hash (BLAKE3 tree
-    pieces) and pwrite downloaded ranges. ``data`` stays exported until its event is polled."""
+    pieces) and pwrite downloaded ranges. ``data`` stays exported until its event is polled.
+    ``fd`` -1: check and hash only (verify --deep)."""
 
     def __init__(self, threads: int) -> None: ...
     def submit(
