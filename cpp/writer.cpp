@@ -148,11 +148,13 @@ RangeDoneEvent Writer::process(const WriteRange& r, RegionCipher& cipher, uint8_
       const uint64_t region = first_region + k;
       bool nonce_ok = true;
       for (size_t i = 0; i < kNonceBytes; ++i) {
-        const uint8_t want = i < kNonceBytes - 8 ? 0 : static_cast<uint8_t>(region >> (8 * (kNonceBytes - 1 - i)));
+        const size_t shift = 8 * (kNonceBytes - 1 - i);
+        const uint8_t want = i < kNonceBytes - 8 ? 0 : static_cast<uint8_t>(region >> shift);
         nonce_ok &= frame[i] == want;
       }
       if (!nonce_ok) {
-        ev.reason = "region " + std::to_string(region) + ": its nonce is not its index (altered bytes)";
+        ev.reason =
+            "region " + std::to_string(region) + ": its nonce is not its index (altered bytes)";
         return ev;
       }
       cipher.begin_decrypt_region(frame);
@@ -169,7 +171,8 @@ RangeDoneEvent Writer::process(const WriteRange& r, RegionCipher& cipher, uint8_
         }
       }
       if (!cipher.end_decrypt_region(frame + kNonceBytes + region_plain)) {
-        ev.reason = "region " + std::to_string(region) + ": AES-GCM tag does not match (altered bytes)";
+        ev.reason =
+            "region " + std::to_string(region) + ": AES-GCM tag does not match (altered bytes)";
         return ev;
       }
     }
