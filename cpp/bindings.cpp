@@ -294,4 +294,137 @@ PYBIND11_MODULE(_core, m) {
         py::gil_scoped_release nogil;
         p.close();
       });
+
+  // Restore's write path: bound in its own section below (keeps this block's edits to two lines).
+  void bind_writer(py::module_ & m);
+  bind_writer(m);
+}
+
+// ---- Restore: the native write path (cpp/writer.hpp) -------------------------------------------
+
+#include "writer.hpp"
+
+#include <unordered_map>
+
+namespace {
+
+struct RangeDone {
+  uint64_t token, file_id, index;
+  bool ok;
+  std::string reason;
+  py::object cv;  // bytes(32) or None
+};
+
+// The Python side of a Writer: the downloaded buffers stay exported (and so alive and unmoved)
+// until their range's event is polled; they are released there, with the GIL held.
+class PyWriter {
+ public:
+  explicit PyWriter(unsigned threads) : writer_(threads) {}
+  ~PyWriter() {
+    {
+      py::gil_scoped_release nogil;
+      writer_.close();
+    }
+    held_.clear();
+  }
+
+  uint64_t submit(uint64_t file_id, uint64_t index, int fd, uint64_t offset_bytes,
+                  uint64_t plain_bytes, const py::object& data,
+                  const std::optional<py::bytes>& content_key, bool hash, bool last,
+                  std::optional<uint64_t> crc64) {
+    auto buf = std::make_unique<InputBuffer>(data);
+    WriteRange r;
+    r.token = ++next_token_;
+    r.file_id = file_id;
+    r.index = index;
+    r.fd = fd;
+    r.offset_bytes = offset_bytes;
+    r.plain_bytes = plain_bytes;
+    r.data = buf->data();
+    r.data_bytes = buf->size();
+    if (content_key) r.content_key = to_key(*content_key);
+    r.hash = hash;
+    r.last = last;
+    r.expected_crc64 = crc64;
+    try {
+      writer_.submit(r);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+    held_.emplace(r.token, std::move(buf));
+    return r.token;
+  }
+
+  py::list poll(size_t max_events) {
+    std::vector<RangeDoneEvent> events;
+    {
+      py::gil_scoped_release nogil;
+      events = writer_.poll(max_events);
+    }
+    py::list out;
+    for (auto& e : events) {
+      held_.erase(e.token);
+      py::object cv = e.cv ? py::object(to_bytes(e.cv->data(), 32)) : py::object(py::none());
+      out.append(py::cast(RangeDone{e.token, e.file_id, e.index, e.ok, e.reason, cv}));
+    }
+    return out;
+  }
+
+  py::bytes digest(uint64_t file_id, const std::vector<py::bytes>& cvs) {
+    std::vector<Digest32> pieces;
+    pieces.reserve(cvs.size());
+    for (const auto& b : cvs) {
+      std::string s = b;
+      if (s.size() != 32) throw py::value_error("each range CV must be 32 bytes");
+      Digest32 d;
+      std::memcpy(d.data(), s.data(), 32);
+      pieces.push_back(d);
+    }
+    Digest32 out;
+    try {
+      py::gil_scoped_release nogil;
+      out = writer_.digest(file_id, pieces);
+    } catch (const std::logic_error& e) {
+      throw py::value_error(e.what());
+    }
+    return to_bytes(out.data(), out.size());
+  }
+
+  Writer writer_;
+
+ private:
+  uint64_t next_token_ = 0;
+  std::unordered_map<uint64_t, std::unique_ptr<InputBuffer>> held_;
+};
+
+}  // namespace
+
+void bind_writer(py::module_& m) {
+  py::class_<RangeDone>(m, "RangeDone")
+      .def_readonly("token", &RangeDone::token)
+      .def_readonly("file_id", &RangeDone::file_id)
+      .def_readonly("index", &RangeDone::index)
+      .def_readonly("ok", &RangeDone::ok)
+      .def_readonly("reason", &RangeDone::reason)
+      .def_readonly("cv", &RangeDone::cv)
+      .def("__repr__", [](const RangeDone& d) {
+        return "<RangeDone file_id=" + std::to_string(d.file_id) +
+               " index=" + std::to_string(d.index) + (d.ok ? " ok>" : " failed>");
+      });
+
+  py::class_<PyWriter>(m, "Writer")
+      .def(py::init<unsigned>(), py::arg("threads"))
+      .def("submit", &PyWriter::submit, py::arg("file_id"), py::arg("index"), py::arg("fd"),
+           py::kw_only(), py::arg("offset_bytes"), py::arg("plain_bytes"), py::arg("data"),
+           py::arg("content_key") = py::none(), py::arg("hash") = true, py::arg("last") = false,
+           py::arg("crc64") = py::none())
+      .def("poll", &PyWriter::poll, py::arg("max_events") = 1024)
+      .def("fileno", [](PyWriter& w) { return w.writer_.fileno(); })
+      .def("wait", [](PyWriter& w, double timeout_s) { return w.writer_.wait(timeout_s); },
+           py::arg("timeout_s") = -1.0, py::call_guard<py::gil_scoped_release>())
+      .def("digest", &PyWriter::digest, py::arg("file_id"), py::arg("range_cvs"))
+      .def("discard", [](PyWriter& w, uint64_t file_id) { w.writer_.discard(file_id); })
+      .def("ranges_in_flight", [](PyWriter& w) { return w.writer_.ranges_in_flight(); })
+      .def("close", [](PyWriter& w) { w.writer_.close(); },
+           py::call_guard<py::gil_scoped_release>());
 }

@@ -51,4 +51,29 @@ void RegionCipher::encrypt_region(uint64_t region_index, uint8_t* frame, size_t 
   end_region(frame + kNonceBytes + plain_bytes);
 }
 
+void RegionCipher::set_decrypt_key(const ContentKey& key) {
+  check(EVP_DecryptInit_ex(ctx_of(ctx_), EVP_aes_256_gcm(), nullptr, key.data(), nullptr),
+        "key set-up");
+}
+
+void RegionCipher::begin_decrypt_region(const uint8_t* nonce) {
+  check(EVP_DecryptInit_ex(ctx_of(ctx_), nullptr, nullptr, nullptr, nonce), "nonce set-up");
+}
+
+void RegionCipher::decrypt_slice(const uint8_t* in, uint8_t* out, size_t len_bytes) {
+  int out_len = 0;
+  check(EVP_DecryptUpdate(ctx_of(ctx_), out, &out_len, in, static_cast<int>(len_bytes)),
+        "decryption");
+}
+
+bool RegionCipher::end_decrypt_region(const uint8_t* tag) {
+  // OpenSSL takes a non-const pointer for SET_TAG but only reads it.
+  check(EVP_CIPHER_CTX_ctrl(ctx_of(ctx_), EVP_CTRL_GCM_SET_TAG, static_cast<int>(kTagBytes),
+                            const_cast<uint8_t*>(tag)),
+        "tag");
+  uint8_t sink[16];
+  int out_len = 0;
+  return EVP_DecryptFinal_ex(ctx_of(ctx_), sink, &out_len) == 1;
+}
+
 }  // namespace pyengine

@@ -37,6 +37,14 @@ class RegionCipher {
   void encrypt_slice(uint8_t* data, size_t len_bytes);
   void end_region(uint8_t* tag_out);
 
+  // Decryption (restore): set_decrypt_key once per key; per region begin with the stored nonce,
+  // decrypt slices (out may equal in), and end_decrypt_region checks the GCM tag (false: the
+  // region's bytes or tag were altered, or the key is wrong).
+  void set_decrypt_key(const ContentKey& key);
+  void begin_decrypt_region(const uint8_t* nonce);
+  void decrypt_slice(const uint8_t* in, uint8_t* out, size_t len_bytes);
+  bool end_decrypt_region(const uint8_t* tag);
+
  private:
   void* ctx_;  // EVP_CIPHER_CTX, kept opaque so OpenSSL headers stay in cipher.cpp
 };

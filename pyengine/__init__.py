@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pyengine.crypto import LocalKeyWrapper, load_kek_file
     from pyengine.engine.job import copy
     from pyengine.engine.report import CopyReport, Event
+    from pyengine.engine.restore import RestoreOptions, RestoreReport, restore
     from pyengine.errors import (
         AuthError,
         ConfigError,
@@ -53,6 +54,9 @@ _EXPORTS = {
     "RetryPolicy": "pyengine.options",
     "Policy": "pyengine.policy",
     "load_policy": "pyengine.policy",
+    "restore": "pyengine.engine.restore",
+    "RestoreOptions": "pyengine.engine.restore",
+    "RestoreReport": "pyengine.engine.restore",
 }
 
 __all__ = [
@@ -68,12 +72,15 @@ __all__ = [
     "LocalKeyWrapper",
     "Policy",
     "PyEngineError",
+    "RestoreOptions",
+    "RestoreReport",
     "RetryPolicy",
     "SourceError",
     "__version__",
     "copy",
     "load_kek_file",
     "load_policy",
+    "restore",
 ]
 
 

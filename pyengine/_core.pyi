@@ -135,3 +135,42 @@ class Pipeline:
     def close(self) -> None: ...
     def __enter__(self) -> Pipeline: ...
     def __exit__(self, *exc: object) -> None: ...
+
+class RangeDone:
+    """One range handled by a Writer: checked, decrypted, hashed and written, or why not."""
+
+    token: int
+    file_id: int
+    index: int
+    ok: bool
+    reason: str  # "" when ok
+    cv: bytes | None  # BLAKE3 subtree chaining value of a checked range that is not the last
+
+class Writer:
+    """Restore's write path: worker threads check (CRC64, GCM tags), decrypt, hash (BLAKE3 tree
+    pieces) and pwrite downloaded ranges. ``data`` stays exported until its event is polled.
+    ``fd`` -1: check and hash only (verify --deep)."""
+
+    def __init__(self, threads: int) -> None: ...
+    def submit(
+        self,
+        file_id: int,
+        index: int,
+        fd: int,
+        *,
+        offset_bytes: int,
+        plain_bytes: int,
+        data: Buffer,
+        content_key: bytes | None = None,
+        hash: bool = True,
+        last: bool = False,
+        crc64: int | None = None,
+    ) -> int: ...
+    def poll(self, max_events: int = 1024) -> list[RangeDone]: ...
+    def fileno(self) -> int: ...
+    def wait(self, timeout_s: float = -1.0) -> bool: ...
+    def digest(self, file_id: int, range_cvs: list[bytes]) -> bytes:
+        """Whole-file BLAKE3 from ranges 0..n-2's CVs and the last range's kept state."""
+    def discard(self, file_id: int) -> None: ...
+    def ranges_in_flight(self) -> int: ...
+    def close(self) -> None: ...

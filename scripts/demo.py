@@ -5,8 +5,10 @@
    hundred MB);
 3. runs `pyengine copy --encrypt` into it, with its progress bar;
 4. downloads every blob with the official azure-storage-blob client (client-side encryption v2),
-   decrypts it and compares its BLAKE3 with the source file's; prints a verdict;
-5. copies a two-tenant DICOM tree under a migration policy and prints its study table
+   decrypts it and compares its BLAKE3 with the source file's;
+5. `pyengine verify --deep`, then `pyengine restore` of the whole tree into a new directory,
+   compared file by file (BLAKE3 and mtime) with the source; prints a verdict;
+6. copies a two-tenant DICOM tree under a migration policy and prints its study table
    (scripts/demo_policy.py); stops Azurite.
 
 Environment: PYENGINE_DEMO_MB (tree size, default 300), PYENGINE_DEMO_DIR (work dir, default .demo).
@@ -111,11 +113,28 @@ def main() -> int:
         journal = str(work / "jobs.sqlite")
         verify = [cmd[0], "verify", dest, "--deep", "--kek-file", str(kek_path)]
         verify_rc = subprocess.call([*verify, "--journal", journal], env=env)
+        print("== pyengine restore: the tree back from the container, compared with the source")
+        restored = work / "restored"
+        restore = [cmd[0], "restore", dest + "/", str(restored), "--kek-file", str(kek_path)]
+        restore_rc = subprocess.call([*restore, "--journal", journal], env=env)
+        same = [
+            rel
+            for rel, path in sources.items()
+            if (restored / rel).is_file()
+            and file_blake3(restored / rel) == file_blake3(path)
+            and (restored / rel).stat().st_mtime_ns == path.stat().st_mtime_ns
+        ]
+        extra = [
+            p for p in restored.rglob("*") if p.is_file() and p.relative_to(restored).as_posix()
+            not in sources
+        ]  # fmt: skip
         sound = ok == len(sources) and not mismatched and not missing and verify_rc == 0
+        sound = sound and restore_rc == 0 and len(same) == len(sources) and not extra
         verdict = "PASS" if sound else "FAILED"
         print(
             f"verdict: {verdict}: {ok}/{len(sources)} files decrypted by the official SDK with "
-            f"BLAKE3 equal to the source; {mismatched} mismatched, {len(missing)} missing"
+            f"BLAKE3 equal to the source; {mismatched} mismatched, {len(missing)} missing; "
+            f"restored {len(same)}/{len(sources)} identical (bytes and mtime), {len(extra)} extra"
         )
         policy_ok = run_policy_demo(azurite, work, cmd[0], journal)
         return 0 if verdict == "PASS" and policy_ok else 1

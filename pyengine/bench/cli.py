@@ -54,7 +54,7 @@ def add_bench_parser(subparsers: Any) -> None:
         description="Line-rate validation runs (GB/s = 1e9 bytes/s). Exit 0 even when a target"
         " is missed; 2 when the bench cannot be set up.",
     )
-    kinds = bench.add_subparsers(dest="bench_command", metavar="{native,upload}")
+    kinds = bench.add_subparsers(dest="bench_command", metavar="{native,upload,download}")
     kinds.required = True
 
     native = kinds.add_parser(
@@ -130,6 +130,23 @@ def add_bench_parser(subparsers: Any) -> None:
         "--workdir", default=None, help="where to write the files (default: TMPDIR)"
     )
     upload.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_download_parser(kinds)
+
+
+def _add_download_parser(kinds: Any) -> None:
+    """``bench download``: restore from a local nginx file server, next to the SDK."""
+    d = kinds.add_parser(
+        "download",
+        help="restore throughput (decrypt + verify) from a local nginx, next to the azure SDK",
+    )
+    d.add_argument("--bytes", type=parse_size, default=2 * GiB, dest="size_bytes")
+    d.add_argument("--small-files", type=int, default=2000, help="count of 256 KiB files")
+    d.add_argument("--encrypt", action=argparse.BooleanOptionalAction, default=True)
+    d.add_argument("--threads", type=int, default=None, help="writer threads (default: cores)")
+    d.add_argument("--memory-cap", type=parse_size, default=512 * MiB, dest="memory_cap_bytes")
+    d.add_argument("--max-concurrency", type=int, default=64)
+    d.add_argument("--workdir", default=None, help="served and restored files (default: TMPDIR)")
+    d.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -138,7 +155,16 @@ def run_bench(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     try:
-        if args.bench_command == "native":
+        if args.bench_command == "download":
+            from pyengine.bench.download import print_download, run_download
+
+            say = (lambda text: None) if args.json else console.print
+            results = run_download(args, say)
+            if args.json:
+                print(json.dumps(results))
+            else:
+                print_download(results, Console())
+        elif args.bench_command == "native":
             result = _run_native_command(args, console)
             if args.json:
                 for obj in result.to_json():

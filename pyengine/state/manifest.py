@@ -31,8 +31,29 @@ import aiofiles
 from pyengine.state.records import FileRecord, contains_secret, default_journal_path, one_line
 from pyengine.targets.local_share import crc64_hex_from_etag
 
-ManifestStatus = Literal["copied", "skipped", "failed", "deleted_at_source", "deleted", "rewrapped"]
-STATUSES = ("copied", "skipped", "failed", "deleted_at_source", "deleted", "rewrapped")
+ManifestStatus = Literal[
+    "copied",
+    "skipped",
+    "failed",
+    "deleted_at_source",
+    "deleted",
+    "rewrapped",
+    "restored",
+    "unverified",
+    "pending",
+]
+#: restore adds: restored (digest checked), unverified (no pyengine digest), pending (archived)
+STATUSES = (
+    "copied",
+    "skipped",
+    "failed",
+    "deleted_at_source",
+    "deleted",
+    "rewrapped",
+    "restored",
+    "unverified",
+    "pending",
+)
 #: journal file state -> manifest status (files still pending have no manifest line yet)
 STATUS_OF_STATE = {"committed": "copied", "skipped": "skipped", "failed": "failed"}
 

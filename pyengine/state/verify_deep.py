@@ -8,10 +8,8 @@ the blob size.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Iterator
 
-import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -112,53 +110,31 @@ async def deep_blake3(
     regions_per_range: int,
     report: VerifyReport,
 ) -> str:
-    """The plaintext BLAKE3 (hex) of the blob, read in ranges and decrypted on the way."""
-    aes = AESGCM(content_key) if content_key is not None else None
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    name = record.blob_name
+    """The plaintext BLAKE3 (hex) of the blob, read through restore's download path (ranges
+    sized like the upload's blocks, the native writer checking each region's nonce and GCM tag,
+    decrypting and hashing off the event loop) without writing it. Each of the blobs read at
+    once gets an equal share of the cap; ``regions_per_range`` is not used there."""
+    from pyengine.engine.restore.download import BufferPool, RangeFailed, read_digest
+    from pyengine.engine.restore.plan import layout_for
+    from pyengine.errors import DestinationError
 
-    async def fetch(offset: int, length: int, first: int, lengths: list[int]) -> list[bytes]:
-        body = await store.download_range(name, offset, length)
-        if body is None:
-            raise BadBlob("missing", "deleted while it was being verified")
-        report.bytes_read += len(body)
-        if len(body) != length:
-            raise BadBlob("damaged", f"shorter than its size: {len(body)} bytes at offset {offset}")
-        if aes is None:
-            return [body]
-        return await asyncio.to_thread(decrypt_regions, aes, body, first, lengths)
+    stored = record.size_bytes
+    if content_key is not None:
+        stored += -(-stored // REGION_BYTES) * (NONCE_BYTES + TAG_BYTES)
+    layout = layout_for(stored, encrypted=content_key is not None, min_range_bytes=8 * 1024**2)
 
-    pending: deque[tuple[asyncio.Task[list[bytes]], int]] = deque()
+    def on_bytes(received: int, _plain: int) -> None:
+        report.bytes_read += received
 
-    async def consume() -> None:
-        task, cost = pending.popleft()
-        try:
-            for piece in await task:
-                await asyncio.to_thread(hasher.update, piece)
-        finally:
-            budget.give(cost)
-
-    loop = asyncio.get_running_loop()
+    pool = BufferPool(max(1, budget.cap_bytes // DEEP_BLOBS_IN_FLIGHT))
     try:
-        for offset, length, first, lengths in read_ranges(
-            record.size_bytes, aes is not None, regions_per_range
-        ):
-            cost = budget.cost(RANGE_COST_FACTOR * length)
-            while len(pending) >= RANGES_IN_FLIGHT:
-                await consume()
-            # Hash what this blob already holds before waiting for budget: a blob never waits
-            # while holding budget it could free, so blobs sharing the budget cannot deadlock.
-            while not budget.try_take(cost):
-                if pending:
-                    await consume()
-                else:
-                    await budget.wait_release()
-            pending.append((loop.create_task(fetch(offset, length, first, lengths)), cost))
-        while pending:
-            await consume()
-    finally:
-        for task, cost in pending:
-            task.cancel()
-            budget.give(cost)
-        await asyncio.gather(*(t for t, _ in pending), return_exceptions=True)
-    return hasher.hexdigest()
+        digest = await read_digest(
+            store, record.blob_name, layout, content_key, pool=pool, threads=2, on_bytes=on_bytes
+        )
+    except RangeFailed as exc:
+        raise BadBlob("damaged", exc.reason) from None
+    except DestinationError as exc:
+        if "BlobNotFound" in exc.reason or "404" in exc.reason:
+            raise BadBlob("missing", "deleted while it was being verified") from None
+        raise
+    return digest.hex()
