@@ -24,12 +24,10 @@ for the write): see README "Data Box share" for the measurement against aiofiles
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyengine.engine import metadata_names as mn
@@ -37,56 +35,20 @@ from pyengine.engine.plan import new_upload_id, parse_block_id
 from pyengine.errors import ConfigError, ContainerNotFoundError, DestinationError
 from pyengine.targets.auth import Destination
 from pyengine.targets.pacer import TokenBucket
-from pyengine.targets.share_files import TEMP_RE, fsync_dir, pwrite_all, verified_blocks, walk
+from pyengine.targets.share_files import (
+    ETAG_PREFIX,
+    TEMP_RE,
+    ShareStats,
+    Upload,
+    crc64_hex_from_etag,
+    etag_of,
+    fsync_dir,
+    pwrite_all,
+    verified_blocks,
+    walk,
+)
 from pyengine.targets.share_state import ShareState, crc64_of_blocks
 from pyengine.targets.wire import BlobProps
-
-#: what a share ETag starts with; the rest is the whole-file CRC64, 16 hex digits
-ETAG_PREFIX = "crc64:"
-
-
-def crc64_hex_from_etag(etag: str | None) -> str | None:
-    """The whole-file CRC64 (hex) a share ETag names; None for any other ETag."""
-    if etag and etag.startswith(ETAG_PREFIX):
-        return etag[len(ETAG_PREFIX) :]
-    return None
-
-
-def _etag(crc64: int) -> str:
-    return f"{ETAG_PREFIX}{crc64:016x}"
-
-
-@dataclass
-class ShareStats:
-    """A share has no requests to retry or throttle: the counters the report reads stay 0."""
-
-    concurrency_min: int
-    concurrency_max: int
-    retries: int = 0
-    throttled_s: float = 0.0
-    stalls: int = 0
-
-
-@dataclass
-class _Upload:
-    """One file version being staged: its part file, and the blocks known to be in it."""
-
-    part: Path
-    sidecar: Path
-    fd: int
-    sidecar_fd: int
-    #: every block but the last has this length; None until two blocks (or block 0) arrived
-    block_bytes: int | None = None
-    #: index -> (length_bytes, crc64) of blocks written this run or verified by Get Block List
-    staged: dict[int, tuple[int, int]] = field(default_factory=dict)
-    #: a block whose offset is unknown yet (the last block arrived first): a copy, written as
-    #: soon as the block size is known; at most one per upload
-    deferred: dict[int, tuple[bytes, int]] = field(default_factory=dict)
-
-    def close(self) -> None:
-        for fd in (self.fd, self.sidecar_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 class ShareTarget:
@@ -108,7 +70,7 @@ class ShareTarget:
         self._state: ShareState | None = None
         self._writes = asyncio.Semaphore(max_concurrency)
         self._bucket = TokenBucket(cap_bytes_per_s, 64 * 1024) if cap_bytes_per_s else None
-        self._uploads: dict[tuple[str, str], _Upload] = {}
+        self._uploads: dict[tuple[str, str], Upload] = {}
 
     async def __aenter__(self) -> ShareTarget:
         return self
@@ -198,7 +160,7 @@ class ShareTarget:
         await self._write_deferred(name, upload)
 
     @staticmethod
-    def _learn_block_bytes(upload: _Upload, index: int, length: int) -> int | None:
+    def _learn_block_bytes(upload: Upload, index: int, length: int) -> int | None:
         """Block 0 is full (or the only one); of two different indexes the lower one is full."""
         if index == 0:
             return length
@@ -212,7 +174,7 @@ class ShareTarget:
             return upload.staged[low][0]
         return len(upload.deferred[low][0])
 
-    async def _write_deferred(self, name: str, upload: _Upload) -> None:
+    async def _write_deferred(self, name: str, upload: Upload) -> None:
         while upload.deferred and upload.block_bytes is not None:
             index, (data, crc64) = upload.deferred.popitem()
             async with self._writes:
@@ -221,7 +183,7 @@ class ShareTarget:
     async def _write_block(
         self,
         name: str,
-        upload: _Upload,
+        upload: Upload,
         index: int,
         data: bytes | memoryview,
         length: int,
@@ -242,7 +204,7 @@ class ShareTarget:
             raise DestinationError(name, e.strerror or str(e)) from None
         upload.staged[index] = (length, crc64)
 
-    async def _open_upload(self, name: str, upload_id: str) -> _Upload:
+    async def _open_upload(self, name: str, upload_id: str) -> Upload:
         key = (name, upload_id)
         upload = self._uploads.get(key)
         if upload is not None:
@@ -264,7 +226,7 @@ class ShareTarget:
             os.close(fd)
             os.close(side)
             return upload
-        upload = self._uploads[key] = _Upload(part, sidecar, fd, side)
+        upload = self._uploads[key] = Upload(part, sidecar, fd, side)
         return upload
 
     async def get_block_list(self, name: str, *, uncommitted: bool = True) -> list[tuple[str, int]]:
@@ -355,7 +317,7 @@ class ShareTarget:
         def write() -> int:
             part.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            upload = _Upload(part, sidecar, fd, -1)
+            upload = Upload(part, sidecar, fd, -1)
             try:
                 pwrite_all(fd, data, 0)
                 return self._finish(upload, self._path(name), length, metadata)
@@ -370,7 +332,7 @@ class ShareTarget:
         return self._recorded(name, length, file_mtime_ns, crc64, metadata, tier, tags, headers)
 
     @staticmethod
-    def _finish(upload: _Upload, final: Path, total_bytes: int, metadata: Mapping[str, str]) -> int:
+    def _finish(upload: Upload, final: Path, total_bytes: int, metadata: Mapping[str, str]) -> int:
         """Part file → final name, durably, with the source's mtime; the written mtime_ns."""
         os.ftruncate(upload.fd, total_bytes)
         mtime_ns = mn.meta_get(metadata, mn.MTIME_NS)
@@ -393,7 +355,7 @@ class ShareTarget:
         tags: Mapping[str, str] | None,
         headers: Mapping[str, str] | None,
     ) -> str:
-        etag = _etag(crc64)
+        etag = etag_of(crc64)
         self.state.record(
             name,
             size_bytes=size_bytes,
@@ -469,4 +431,10 @@ def share_root_of(dest: Destination) -> str:
     return unquote(urlsplit(dest.account_url).path)
 
 
-__all__ = ["ETAG_PREFIX", "ShareStats", "ShareTarget", "crc64_hex_from_etag", "share_root_of"]
+__all__ = [
+    "ETAG_PREFIX",
+    "ShareStats",
+    "ShareTarget",
+    "crc64_hex_from_etag",
+    "share_root_of",
+]

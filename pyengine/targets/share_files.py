@@ -3,9 +3,11 @@ part file still holds, and a container directory listed as blobs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyengine import _core
@@ -76,3 +78,51 @@ def walk(container_dir: Path, prefix: str) -> list[tuple[str, int, int]]:
             out.append((name, st.st_size, st.st_mtime_ns))
     out.sort()
     return out
+
+
+#: what a share ETag starts with; the rest is the whole-file CRC64, 16 hex digits
+ETAG_PREFIX = "crc64:"
+
+
+def crc64_hex_from_etag(etag: str | None) -> str | None:
+    """The whole-file CRC64 (hex) a share ETag names; None for any other ETag."""
+    if etag and etag.startswith(ETAG_PREFIX):
+        return etag[len(ETAG_PREFIX) :]
+    return None
+
+
+def etag_of(crc64: int) -> str:
+    return f"{ETAG_PREFIX}{crc64:016x}"
+
+
+@dataclass
+class ShareStats:
+    """A share has no requests to retry or throttle: the counters the report reads stay 0."""
+
+    concurrency_min: int
+    concurrency_max: int
+    retries: int = 0
+    throttled_s: float = 0.0
+    stalls: int = 0
+
+
+@dataclass
+class Upload:
+    """One file version being staged: its part file, and the blocks known to be in it."""
+
+    part: Path
+    sidecar: Path
+    fd: int
+    sidecar_fd: int
+    #: every block but the last has this length; None until two blocks (or block 0) arrived
+    block_bytes: int | None = None
+    #: index -> (length_bytes, crc64) of blocks written this run or verified by Get Block List
+    staged: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: a block whose offset is unknown yet (the last block arrived first): a copy, written as
+    #: soon as the block size is known; at most one per upload
+    deferred: dict[int, tuple[bytes, int]] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for fd in (self.fd, self.sidecar_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
