@@ -47,7 +47,7 @@ from pyengine.state.verify_deep import (
     deep_blake3,
     range_regions_for,
 )
-from pyengine.state.verify_report import VerifyReport
+from pyengine.state.verify_report import BadBlob, VerifyReport
 from pyengine.targets import blob_properties as bp
 from pyengine.targets.azure_blob import BlobStore, parse_destination, resolve_credential
 from pyengine.targets.open import destination, is_share, share_state_path
@@ -119,8 +119,6 @@ class _Finalizer:
         self.budget = ByteBudget(memory_cap_bytes)
         self.regions_per_range = range_regions_for(memory_cap_bytes)
         self.deep_slots = asyncio.Semaphore(DEEP_BLOBS_IN_FLIGHT)
-        #: deep_blake3 counts the bytes it reads into a VerifyReport
-        self.read_counter = VerifyReport(target="", dest="", job_ids=[], deep=True)
 
     async def one(self, item: _Item) -> bool:
         """Check one blob and stamp it; True when it is stamped (now or earlier)."""
@@ -161,6 +159,9 @@ class _Finalizer:
             await self._stamp(item, state, md)
             report.files_stamped += 1
             return True
+        except BadBlob as bad:  # deep: deleted or cut short while read back
+            report.add("missing" if bad.kind == "missing" else "mismatched", name, bad.reason)
+            return False
         except AuthError:
             raise
         except DestinationError as e:
@@ -184,17 +185,20 @@ class _Finalizer:
         if record.encrypted and item.content_key is None:
             self.report.add("failed", name, "encrypted blob: --deep needs --kek-file")
             return False
+        # deep_blake3 counts the bytes it reads into a VerifyReport: one per blob read
+        counter = VerifyReport(target=name, dest="", job_ids=[], deep=True)
         async with self.deep_slots:
-            before = self.read_counter.bytes_read
-            got = await deep_blake3(
-                self.store,
-                record,
-                item.content_key,
-                self.budget,
-                self.regions_per_range,
-                self.read_counter,
-            )
-            self.report.bytes_read += self.read_counter.bytes_read - before
+            try:
+                got = await deep_blake3(
+                    self.store,
+                    record,
+                    item.content_key,
+                    self.budget,
+                    self.regions_per_range,
+                    counter,
+                )
+            finally:
+                self.report.bytes_read += counter.bytes_read
         self.report.files_deep_checked += 1
         if got != record.blake3_hex:
             self.report.add("mismatched", name, "content BLAKE3 differs from the journal's")
