@@ -89,7 +89,8 @@ def cmd_finalize(args: argparse.Namespace) -> int:
             f"finalize {report.job_id} -> {report.dest}: {report.files_checked} checked, "
             f"{report.files_stamped} stamped, {report.files_already_stamped} stamped before, "
             f"{report.files_missing} missing, {report.files_mismatched} mismatched, "
-            f"{report.files_failed} failed{deep}",
+            f"{report.files_failed} failed, {report.files_superseded} superseded by a later copy"
+            f"{deep}",
             flush=True,
         )
     return EXIT_OK if report.ok else EXIT_FAILED

@@ -130,6 +130,10 @@ class _Finalizer:
                 report.add("missing", name, "not at the destination")
                 return False
             props = state.props
+            md = {k.lower(): v for k, v in props.metadata.items()}
+            if self._superseded(item, md):
+                report.files_superseded += 1
+                return False
             if props.size_bytes != item.stored_bytes:
                 report.add(
                     "mismatched",
@@ -137,7 +141,6 @@ class _Finalizer:
                     f"blob holds {props.size_bytes} bytes, expected {item.stored_bytes}",
                 )
                 return False
-            md = {k.lower(): v for k, v in props.metadata.items()}
             why = self._metadata_mismatch(item, md)
             if why:
                 report.add("mismatched", name, why)
@@ -167,6 +170,18 @@ class _Finalizer:
         except DestinationError as e:
             report.add("failed", name, e.reason)
             return False
+
+    @staticmethod
+    def _superseded(item: _Item, md: dict[str, str]) -> bool:
+        """A later job (an online delta) committed another version of the file over the one the
+        device brought: that job's journal and verify answer for it; nothing to stamp."""
+        writer, upload = meta_get(md, mn.JOB_ID), meta_get(md, mn.UPLOAD_ID)
+        return (
+            writer is not None
+            and writer != item.record.job_id
+            and upload is not None
+            and upload != item.record.upload_id
+        )
 
     @staticmethod
     def _metadata_mismatch(item: _Item, md: dict[str, str]) -> str | None:

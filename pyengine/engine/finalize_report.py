@@ -42,6 +42,8 @@ class FinalizeReport:
     files_stamped: int = 0
     #: blobs an earlier finalize run stamped (checked again, stamped nothing)
     files_already_stamped: int = 0
+    #: blobs a later job (an online delta) replaced with a newer version: not checked further
+    files_superseded: int = 0
     files_missing: int = 0
     files_mismatched: int = 0
     files_failed: int = 0

@@ -207,6 +207,11 @@ def test_share_job_finalized_then_delta_sends_nothing_then_exactly_the_changed_f
     assert (delta.files_copied, delta.bytes_copied) == (1, len(changed))
     assert delta.files_skipped == len(files) - 1
     assert sdk_blob(container, "a/s1.dcm").download_blob().readall() == changed
+    # at cutover a deep re-run re-hashes the device's blobs; the one the delta replaced is not
+    # the device's any more: neither a finding nor stamped
+    last = run_finalize(job_id, container, azurite, journal, deep=True)
+    assert last.ok and last.files_superseded == 1 and last.files_stamped == 0
+    assert last.files_deep_checked == len(files) - 1
 
 
 def test_deep_sample_50_reads_back_the_hash_chosen_half(azurite, container, sdk_blob, tmp_path):
