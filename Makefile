@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NATIVE_SOURCES := $(wildcard cpp/*.cpp cpp/*.hpp cpp/*.c cpp/tests/*.cpp third_party/*/*) CMakeLists.txt \
 	pyproject.toml
 
-.PHONY: all deps setup test demo bench sanitize native-test lint clean
+.PHONY: all deps setup test demo demo-databox bench sanitize native-test lint clean
 
 all: test
 
@@ -69,6 +69,10 @@ test: setup lint native-test sanitize
 
 demo: setup
 	$(PY) scripts/demo.py
+
+# The two-phase migration: a Data Box share, "shipped", finalize, then online deltas (~10 s).
+demo-databox: setup
+	$(PY) scripts/demo_databox.py
 
 # The two tables with their peers and limits, then the pytest-benchmark hot paths.
 bench: setup

@@ -37,7 +37,7 @@ def __getattr__(name: str) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     from pyengine import __version__
-    from pyengine.cli import copy, jobs, policy, rekey, restore, studies, verify
+    from pyengine.cli import copy, finalize, jobs, policy, rekey, restore, studies, verify
     from pyengine.cli.common import EXIT_CODES_HELP, Parser
 
     parser = Parser(
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     copy.add_parsers(sub)
     jobs.add_parser(sub)
     verify.add_parser(sub)
+    finalize.add_parser(sub)
     rekey.add_parser(sub)
     restore.add_parser(sub)
     studies.add_parser(sub)
@@ -91,7 +92,7 @@ def _main(argv: Sequence[str] | None) -> int:
     import json
     import logging
 
-    from pyengine.cli import copy, jobs, policy, rekey, restore, studies, verify
+    from pyengine.cli import copy, finalize, jobs, policy, rekey, restore, studies, verify
     from pyengine.cli.common import EXIT_USAGE, exit_code_of, stderr
     from pyengine.errors import PyEngineError
 
@@ -106,6 +107,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "resume": copy.cmd_resume,
         "jobs": jobs.cmd_jobs,
         "verify": verify.cmd_verify,
+        "finalize": finalize.cmd_finalize,
         "rekey": rekey.cmd_rekey,
         "restore": restore.cmd_restore,
         "studies": studies.cmd_studies,

@@ -13,12 +13,16 @@ A row may outlive its file's commit when the commit then failed: the reader join
 state ``committed`` (see :func:`pending_properties`). The table lives beside the schema's (it is
 created with ``CREATE TABLE IF NOT EXISTS``), so the schema's version and migrations do not
 change for it.
+
+Once ``pyengine finalize`` has stamped a blob in the account, a row in ``finalized_blobs`` says
+so (:func:`mark_finalized`): a re-run of finalize checks that blob again but stamps nothing.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +50,17 @@ SQL_OF_JOB = """SELECT p.blob, p.what, p.value FROM pending_properties p
     ORDER BY p.blob, p.what"""
 
 
+SQL_CREATE_FINALIZED = """CREATE TABLE IF NOT EXISTS finalized_blobs (
+    job_id       TEXT NOT NULL,
+    blob         TEXT NOT NULL,
+    finalized_ns INTEGER NOT NULL,
+    PRIMARY KEY (job_id, blob)
+)"""
+SQL_MARK_FINALIZED = (
+    "INSERT OR REPLACE INTO finalized_blobs (job_id, blob, finalized_ns) VALUES (?, ?, ?)"
+)
+
+
 @dataclass(frozen=True)
 class PendingProperty:
     blob: str
@@ -58,6 +73,7 @@ def ensure_table(journal: Any) -> None:
     with journal._db_lock:
         try:
             journal._conn.execute(SQL_CREATE)
+            journal._conn.execute(SQL_CREATE_FINALIZED)
         except sqlite3.Error as e:
             raise JournalError(journal.path, f"cannot write journal: {e}") from None
 
@@ -83,6 +99,31 @@ def pending_properties(journal: Any, job_id: str) -> list[PendingProperty]:
     ensure_table(journal)
     rows = journal._read(SQL_OF_JOB, (job_id,))
     return [PendingProperty(blob, what, json.loads(value)) for blob, what, value in rows]
+
+
+def pending_by_blob(journal: Any, job_id: str) -> dict[str, dict[str, Any]]:
+    """The pending properties of ``job_id``'s committed blobs, as blob -> {kind: value}."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in pending_properties(journal, job_id):
+        out.setdefault(p.blob, {})[p.what] = p.value
+    return out
+
+
+def is_finalized(journal: Any, job_id: str, blob: str) -> bool:
+    """Whether finalize stamped ``blob`` of ``job_id`` already (ensure_table first)."""
+    rows = journal._read(
+        "SELECT 1 FROM finalized_blobs WHERE job_id = ? AND blob = ?", (job_id, blob)
+    )
+    return bool(rows)
+
+
+def mark_finalized(journal: Any, job_id: str, blobs: list[str]) -> None:
+    """Record ``blobs`` of ``job_id`` as stamped, in one durable transaction."""
+    if not blobs:
+        return
+    now = time.time_ns()
+    with journal._db_lock:
+        journal._write([(SQL_MARK_FINALIZED, (job_id, blob, now)) for blob in blobs])
 
 
 def files_pending(journal: Any, job_id: str) -> int:
