@@ -195,7 +195,6 @@ class PolicyJob(_Job):
             info = self.policy.read_dicom_head(head)
         except PolicyError as e:  # its subject is "DICOM header": name the file
             raise PolicyError(rel_path, e.reason) from None
-        info = self.policy.read_dicom_head(head)
         p = self.policy.place(rel_path, info, today=self.today)
         if p.tenant.name != ctx.tenant:  # path rules only: cannot happen, but never misfile
             raise PolicyError(rel_path, f"routed to {ctx.tenant} but placed in {p.tenant.name}")
