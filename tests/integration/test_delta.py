@@ -45,9 +45,7 @@ def _write_tree(root: Path, names: list[str]) -> None:
 
 
 def _opts(azurite, journal: Path, **kw) -> CopyOptions:
-    return CopyOptions(
-        connection_string=azurite.connection_string, journal_path=str(journal), **kw
-    )
+    return CopyOptions(connection_string=azurite.connection_string, journal_path=str(journal), **kw)
 
 
 def _heads(proxy) -> list[str]:
