@@ -28,6 +28,9 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from pyengine.engine import metadata_names as mn
+from pyengine.engine.metadata_names import meta_get
+from pyengine.engine.scan import SourceFile
 from pyengine.targets.base import StoredBlob
 
 #: answer of :meth:`ListingJoin.lookup` when the join cannot tell: HEAD the blob instead
@@ -56,6 +59,20 @@ def as_listed(blob: StoredBlob) -> ListedBlob:
         etag = f'"{etag}"'
     meta = {k.lower(): v for k, v in blob.metadata.items()}
     return ListedBlob(blob.name, blob.size_bytes, etag, meta)
+
+
+def listed_unchanged(src: SourceFile, listed: object) -> bool:
+    """Whether a listing entry records this source version (size, mtime, ctime, a digest):
+    what --check=metadata calls unchanged (decide.py decides; this only says it is likely)."""
+    if not isinstance(listed, ListedBlob):
+        return False
+    md = listed.metadata
+    return (
+        meta_get(md, mn.SIZE) == str(src.size_bytes)
+        and meta_get(md, mn.MTIME_NS) == str(src.mtime_ns)
+        and meta_get(md, mn.CTIME_NS) == str(src.ctime_ns)
+        and bool(meta_get(md, mn.BLAKE3) or meta_get(md, mn.KEYED_BLAKE3))
+    )
 
 
 class Unmatched:
@@ -212,4 +229,4 @@ class ListingJoin:
         self.unmatched.close()
 
 
-__all__ = ["UNKNOWN", "ListedBlob", "ListingJoin", "Unmatched", "as_listed"]
+__all__ = ["UNKNOWN", "ListedBlob", "ListingJoin", "Unmatched", "as_listed", "listed_unchanged"]
