@@ -114,10 +114,9 @@ http {{
 
         location / {{{blob_headers}
             add_header x-ms-blob-type BlockBlob always;
-            # List Blobs (a copy's deletion report): an empty listing
+            # List Blobs: the page a bench wrote for this marker, else an empty listing
             if ($arg_comp = list) {{
-                add_header Content-Type application/xml always;
-                return 200 '{_EMPTY_LISTING}';
+                rewrite ^ /__listing last;
             }}
             if ($request_method = GET) {{
                 return 200 "";
@@ -129,6 +128,19 @@ http {{
                 return 202 "";
             }}
             return 201 "";
+        }}
+
+        # List Blobs pages (DiscardSink.serve_listing): page-<marker>.xml, the first page
+        # under the empty marker; prefix and maxresults are the bench's to match
+        location = /__listing {{{blob_headers}
+            root {tmpdir}/listing;
+            default_type application/xml;
+            try_files /page-$arg_marker.xml @empty_listing;
+        }}
+
+        location @empty_listing {{{blob_headers}
+            add_header Content-Type application/xml always;
+            return 200 '{_EMPTY_LISTING}';
         }}
     }}
 }}

@@ -34,6 +34,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,6 +279,24 @@ class DiscardSink:
             f"AccountKey={DEV_ACCOUNT_KEY};BlobEndpoint={self.account_url};"
         )
 
+    # -- List Blobs ------------------------------------------------------------------------
+
+    def serve_listing(self, pages: Iterable[bytes]) -> int:
+        """From now on List Blobs answers with ``pages`` (whole EnumerationResults documents):
+        the first for a request without a marker, page k for marker ``m<k>``; each page but the
+        last must name the next in its NextMarker (:func:`listing_marker`). Pages are files
+        nginx sends as they are, so a bench measures the client's side of a listing, not the
+        sink's. Returns the count of pages."""
+        assert self.tmpdir is not None
+        self._require_running()
+        directory = self.tmpdir / "listing"
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir()
+        count = 0
+        for count, page in enumerate(pages, start=1):
+            (directory / f"page-{listing_marker(count - 1)}.xml").write_bytes(page)
+        return count
+
     # -- counting --------------------------------------------------------------------------
 
     @property
@@ -318,6 +337,11 @@ class DiscardSink:
         # An offset rather than truncating: nginx keeps the file open in O_APPEND mode and
         # a truncation racing a write could lose or split a line.
         self._log_offset = self._settled_log_size(settle_s=0.02)
+
+
+def listing_marker(page_index: int) -> str:
+    """The marker that asks the sink for page ``page_index`` (0: no marker)."""
+    return f"m{page_index}" if page_index else ""
 
 
 def _parse_access_log(data: bytes) -> SinkCount:

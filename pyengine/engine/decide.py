@@ -23,6 +23,7 @@ from pyengine.crypto import (
 )
 from pyengine.engine import metadata_names as mn
 from pyengine.engine.context import FileTask, JobContext
+from pyengine.engine.delta import UNKNOWN
 from pyengine.engine.metadata_names import meta_get
 from pyengine.engine.plan import block_id
 from pyengine.engine.rekey import rewrap_in_place
@@ -68,7 +69,7 @@ class Decider:
     # --- already there ---------------------------------------------------------------------
 
     async def already_there(
-        self, src: SourceFile, record: FileRecord
+        self, src: SourceFile, record: FileRecord, *, listed: StoredBlob | object | None = UNKNOWN
     ) -> tuple[str, str, StoredBlob, str | None] | None:
         """Whether the destination already holds this version, as (status, why, props, plain
         BLAKE3 hex): ("copied", ...) when it is this job's own commit (a kill between commit and
@@ -78,13 +79,19 @@ class Decider:
         Up to date means the same source version (size, mtime and ctime as read) stored the way
         this run asks: the same encryption mode, and for encrypted blobs a content key this
         run's KEK unwraps. A blob wrapped by an old KEK (``old_keks``) is re-wrapped in place;
-        one in the other mode, or wrapped by a key this run cannot unwrap, is sent again."""
+        one in the other mode, or wrapped by a key this run cannot unwrap, is sent again.
+
+        ``listed``: the blob as the online delta's listing gave it (engine/delta.py), or None
+        when the listing holds no such blob; either way no HEAD is sent. UNKNOWN: HEAD it."""
         ctx = self.ctx
         assert ctx.store is not None
         opts = ctx.options
         if not ctx.resumed and (opts.check == "none" or ctx.dest_was_empty):
             return None
-        props = await ctx.store.get_properties(record.blob_name)
+        if listed is UNKNOWN:
+            props = await ctx.store.get_properties(record.blob_name)
+        else:
+            props = listed  # type: ignore[assignment]
         if props is None:
             return None
         md = props.metadata

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from pyengine import _core
 from pyengine.engine.context import EventCallback, JobContext
 from pyengine.engine.decide import Decider, check_same_encryption
+from pyengine.engine.delta import UNKNOWN, ListingJoin, listed_unchanged
 from pyengine.engine.dryrun import DryRunDecider, dry_run, plan_file
 from pyengine.engine.mirror import DeletionPass
 from pyengine.engine.plan import blob_name, read_plan
@@ -79,6 +80,8 @@ class _Job:
         self.sender = Sender(ctx, routing)
         self.decide = (DryRunDecider if options.dry_run else Decider)(ctx, self.sender)
         self.mirror = DeletionPass(ctx)
+        #: the online delta's listing join, when this run uses one (start_delta)
+        self.delta: ListingJoin | None = None
         # Azure or a Data Box (--target, else the host name): REST version and plan-time limits
         self.profile = choose_profile(options.target, urlsplit(dest.account_url).hostname or "")
         self.sender.profile = self.profile
@@ -90,6 +93,9 @@ class _Job:
             return await self._run()
         finally:
             self.mirror.close()
+            if self.delta is not None:
+                await self.delta.aclose()
+                self.delta.close()
 
     async def _run(self) -> CopyReport:
         ctx, opts = self.ctx, self.ctx.options
@@ -143,6 +149,38 @@ class _Job:
         finally:
             await listing.aclose()
 
+    # --- online delta (issue 11 item 4): one streamed listing instead of a HEAD per file ---
+
+    def start_delta(self, target: Target) -> None:
+        """A new job of a tree into a prefix that holds blobs compares the scan with one
+        streamed List Blobs (engine/delta.py) instead of one HEAD per file. Always, not only
+        past some size: the deletion report lists the whole prefix at the end of every tree
+        copy anyway, and reuses this listing instead (mirror.py), so a HEAD per file would
+        come on top of the same listing. A single file keeps its one HEAD."""
+        ctx = self.ctx
+        if ctx.dest_was_empty or not os.path.isdir(ctx.source):
+            return
+        self.delta = ListingJoin(target.list_blobs(ctx.dest.prefix, metadata=True))
+        self.mirror.listing = self.delta
+
+    async def delta_lookup(self, src: SourceFile) -> object:
+        """The listing entry of this file's blob (None: no such blob), or UNKNOWN: HEAD it.
+        Called in scan order, from the scan loop only."""
+        if self.delta is None:
+            return UNKNOWN
+        return await self.delta.lookup(self.ctx.dest.prefix + src.rel_path)
+
+    def delta_inline(self, src: SourceFile, listed: object) -> bool:
+        """Whether the listing already shows this file unchanged (--check=metadata): then it
+        is decided in the scan loop, no task of its own. Measured on 100,000 unchanged files
+        (bench delta): a task per file was a fifth of the time per file; a file decided here
+        sends no request but a rare key re-wrap."""
+        return (
+            self.delta is not None
+            and self.ctx.options.check == "metadata"
+            and listed_unchanged(src, listed)
+        )
+
     async def _run_journaled(self, target: Target, journal: Journal) -> None:
         """A real run: resume the unfinished job of this source and destination or start one,
         copy with its manifest, then record how it ended."""
@@ -155,6 +193,7 @@ class _Job:
             check_same_encryption(journal.get_job(job_id), opts)
         if not ctx.resumed and opts.check != "none":
             ctx.dest_was_empty = await self.prefix_is_empty(target)
+            self.start_delta(target)
         if job_id is None:
             # durable at once (one commit): off the loop like every journal write
             job_id = await asyncio.to_thread(
@@ -276,9 +315,12 @@ class _Job:
         window = asyncio.Semaphore(max(8, opts.max_concurrency * 2))
         files: set[asyncio.Task[None]] = set()
 
-        async def one(src: SourceFile) -> None:
+        async def one(src: SourceFile, listed: object) -> None:
             try:
-                await self.copy_file(src)
+                if listed is UNKNOWN:
+                    await self.copy_file(src)
+                else:  # the online delta's entry (or None): no HEAD for this file
+                    await self.copy_file(src, listed=listed)
             finally:
                 window.release()
 
@@ -306,10 +348,16 @@ class _Job:
                                             item.rel_path or item.path, item.reason, size_bytes=0
                                         )
                                     continue
+                                listed = await self.delta_lookup(item)
+                                if self.delta_inline(item, listed):
+                                    await self.copy_file(item, listed=listed)
+                                    continue
                                 await window.acquire()
-                                t = owner.spawn(one(item))
+                                t = owner.spawn(one(item, listed))
                                 files.add(t)
                                 t.add_done_callback(files.discard)
+                    if self.delta is not None:
+                        await self.delta.finish()  # the rest of the listing: gone at source
                     while files:
                         # a failed file task aborts the job through the owner, not through here
                         await asyncio.wait(set(files))
@@ -338,8 +386,9 @@ class _Job:
 
     # --- one file --------------------------------------------------------------------------
 
-    async def copy_file(self, src: SourceFile) -> None:
-        """Plans, decides and sends one file; its outcome is counted exactly once."""
+    async def copy_file(self, src: SourceFile, *, listed: object = UNKNOWN) -> None:
+        """Plans, decides and sends one file; its outcome is counted exactly once. ``listed``:
+        its blob as the online delta listed it (engine/delta.py); UNKNOWN: HEAD it."""
         ctx, opts = self.ctx, self.ctx.options
         try:
             # the destination's limits, checked before any byte of the file is sent
@@ -394,7 +443,7 @@ class _Job:
             )
             return
         try:
-            verdict = await self.decide.already_there(src, record)
+            verdict = await self.decide.already_there(src, record, listed=listed)
             if verdict is not None:
                 status, why, props, plain_hex = verdict
                 await ctx.outcome(

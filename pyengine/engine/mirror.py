@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
 from pyengine.engine.plan import names_claimed
@@ -35,6 +35,7 @@ from pyengine.state.manifest import ManifestEntry
 
 if TYPE_CHECKING:
     from pyengine.engine.context import JobContext
+    from pyengine.engine.delta import ListingJoin
     from pyengine.targets.base import StoredBlob
 
 log = logging.getLogger("pyengine")
@@ -100,6 +101,9 @@ class DeletionPass:
         self.scan_errors: list[str] = []
         self.claimed = ClaimedNames()
         self.filter = PathFilter(ctx.options.include, ctx.options.exclude)
+        #: the online delta's listing (engine/delta.py), read instead of listing again when it
+        #: saw the whole prefix in order
+        self.listing: ListingJoin | None = None
 
     def close(self) -> None:
         self.claimed.close()
@@ -121,6 +125,18 @@ class DeletionPass:
             log.warning("%s: %s (the scan could not examine it)", item.rel_path, item.reason)
             return False
         return True
+
+    async def _blobs_to_consider(self) -> AsyncIterator[StoredBlob]:
+        """Blobs under the prefix that may lack a source file: the delta's unmatched entries
+        when its listing was whole and in order (every other entry matched a scanned file),
+        else a listing of the prefix."""
+        assert self.ctx.store is not None
+        if self.listing is not None and self.listing.complete:
+            for blob in self.listing.unmatched:
+                yield blob
+            return
+        async for blob in self.ctx.store.list_blobs(self.ctx.dest.prefix, metadata=False):
+            yield blob
 
     def deletion_blocked(self) -> str | None:
         """Why this run must not delete anything, or None."""
@@ -149,12 +165,15 @@ class DeletionPass:
         prefix = ctx.dest.prefix
         candidates: list[StoredBlob] = []
         blobs_under_prefix = 0
-        async for props in ctx.store.list_blobs(prefix, metadata=False):
+        async for props in self._blobs_to_consider():
             blobs_under_prefix += 1
             rel = props.name[len(prefix) :]
             if props.name in self.claimed or not self.filter.accepts(rel):
                 continue
             candidates.append(props)
+        if self.listing is not None and self.listing.complete:
+            # the entries the delta matched were claimed by a file: counted, never candidates
+            blobs_under_prefix = self.listing.listed
         if blocked is not None:
             # the scan did not see the whole tree: these blobs may well have a source file, so
             # none is reported as deleted at source, let alone deleted

@@ -3,7 +3,7 @@
 Built for archives of millions of files: :func:`scan` is a generator over ``os.scandir`` driven by
 an explicit stack (no recursion limit, no list of the whole tree). Memory is bounded by the names
 of the directories on the current path (each directory's names are sorted for a stable order),
-never by the size of the tree.
+never by the size of the tree. The order is blob-listing order (see :func:`_list_dir`).
 """
 
 from __future__ import annotations
@@ -187,8 +187,9 @@ def scan(
     root: str, *, include: Iterable[str] = (), exclude: Iterable[str] = ()
 ) -> Iterator[SourceFile | ScanProblem]:
     """Yield every regular file under ``root`` as a :class:`SourceFile`, and every entry that
-    cannot be copied as a :class:`ScanProblem`, in a deterministic order (entries sorted by name
-    in each directory, depth first), so that blob order and job plans are stable across runs.
+    cannot be copied as a :class:`ScanProblem`, in a deterministic order (depth first, each
+    directory's entries in the order List Blobs gives their blob names: :func:`_list_dir`), so
+    that job plans are stable across runs and the scan merge-joins with a listing.
 
     - ``root`` a regular file: yields just it (``rel_path`` = its basename). ``root`` missing or
       not a file/directory: raises :class:`SourceError` (the job cannot start).
@@ -341,17 +342,32 @@ def restat(src: SourceFile) -> SourceFile | ScanProblem:
 
 
 def _list_dir(path: str) -> list[str] | str:
-    """Sorted entry names of ``path``, or the one-line reason it cannot be listed.
+    """Entry names of ``path`` in blob-listing order, or the one-line reason it cannot be
+    listed.
+
+    The order is the one List Blobs returns the flat names in (UTF-8 bytes, which for valid
+    names is Python's code point order), so the scan and a listing can be merge-joined
+    (engine/delta.py): a directory sorts as ``name + "/"``, because its files' blob names all
+    continue with "/" (0x2F) after it: "a.b" < "a/x" < "a0" although "a" < "a.b". A directory
+    is what ``is_dir()`` says at listing time (symlinks followed, the d_type most file systems
+    give for free); one that changes type before its lstat is taken as found then, and the
+    join, which checks the order it is fed, falls back to a HEAD for it.
 
     A listing that fails part way is dropped whole: a partial listing would look like deletions.
     """
+    keyed: list[tuple[str, str]] = []
     try:
         with os.scandir(path) as it:
-            names = [entry.name for entry in it]
+            for entry in it:
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:  # taken as a file here; its lstat reports the problem
+                    is_dir = False
+                keyed.append((entry.name + "/" if is_dir else entry.name, entry.name))
     except OSError as exc:
         return _reason(exc)
-    names.sort()
-    return names
+    keyed.sort()
+    return [name for _, name in keyed]
 
 
 __all__ = ["PathFilter", "ScanProblem", "SourceFile", "display_path", "restat", "scan"]
