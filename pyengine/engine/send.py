@@ -16,23 +16,21 @@ module asks it once per read through the `prepare` callable that send_file takes
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pyengine import _core
-from pyengine.engine.content_type import content_type_for
+from pyengine.engine.commit import Commits
 from pyengine.engine.context import FileTask, JobContext
-from pyengine.engine.plan import blob_metadata, block_id, next_pow2, read_plan
+from pyengine.engine.plan import block_id, next_pow2, read_plan
 from pyengine.engine.scan import ScanProblem, SourceFile, display_path, restat
 from pyengine.errors import PyEngineError, SourceError
 from pyengine.options import MiB
 from pyengine.state.journal import FileRecord
-from pyengine.state.pending import record_pending
 from pyengine.targets.auth import redact
 from pyengine.targets.base import ForeignBlocksError
-from pyengine.targets.profile import AZURE, fit_properties
+from pyengine.targets.profile import AZURE
 
 log = logging.getLogger("pyengine")
 
@@ -81,7 +79,7 @@ class Routing:
 PlaceFn = Callable[[FileTask], tuple[str | None, dict[str, str] | None, dict[str, str]] | None]
 
 
-class Sender:
+class Sender(Commits):
     """Routes the pipeline's completions and sends what they carry to the job's target."""
 
     def __init__(self, ctx: JobContext, routing: Routing | None = None) -> None:
@@ -433,91 +431,3 @@ class Sender:
         blake3_hex = done.blake3.hex()
         await ctx.outcome(src.rel_path, "copied", etag=etag, blake3_hex=blake3_hex, **common)
         return None
-
-    async def commit(self, task: FileTask) -> str:
-        """Makes a fully read file visible: one Put Blob with its held chunk, or Put Block List of
-        blocks 0..n-1, each with the metadata describing the bytes read. Returns the ETag."""
-        ctx = self.ctx
-        assert ctx.journal is not None and ctx.store is not None
-        src, record, done = task.src, task.record, task.done
-        # Size, mtime and ctime as the core saw them before its first read and again after its
-        # last: the metadata describes exactly the bytes that were read.
-        metadata = blob_metadata(
-            size_bytes=done.file_size_bytes,
-            mtime_ns=done.mtime_ns,
-            ctime_ns=done.ctime_ns,
-            blake3_hex=done.blake3.hex(),
-            upload_id=record.upload_id,
-            job_id=ctx.report.job_id,
-            encryptiondata=task.encryptiondata,
-            content_key=task.content_key,
-        )
-        tier, tags, headers = self.blob_properties(task)
-        if task.single_put:
-            held = task.held
-            if held is None:  # an empty file has no chunk
-                return await ctx.store.put_blob(
-                    record.blob_name,
-                    b"",
-                    crc64=0,
-                    metadata=metadata,
-                    tier=tier,
-                    tags=tags,
-                    headers=headers,
-                )
-            with held:
-                etag = await ctx.store.put_blob(
-                    record.blob_name,
-                    held.data,
-                    crc64=held.crc64,
-                    metadata=metadata,
-                    tier=tier,
-                    tags=tags,
-                    headers=headers,
-                )
-            ctx.emit("progress", path=src.rel_path, bytes=held.plain_bytes)
-            return etag
-        if task.acked != set(range(done.chunks)):  # complete and gap-free, or no commit
-            missing = sorted(set(range(done.chunks)) - task.acked)
-            raise SourceError(src.rel_path, f"blocks never acknowledged: {missing[:5]}")
-        ids = [block_id(record.upload_id, i) for i in range(done.chunks)]
-        ctx.journal.mark_committing(record.file_id, flush=False)
-        # Durable before the commit request: a kill during Put Block List then resumes with
-        # every acknowledged block journaled (one fsync per multi-block file).
-        await ctx.journal.aflush()
-        return await ctx.store.put_block_list(
-            record.blob_name, ids, metadata=metadata, tier=tier, tags=tags, headers=headers
-        )
-
-    def blob_properties(
-        self, task: FileTask
-    ) -> tuple[str | None, dict[str, str] | None, dict[str, str]]:
-        """Tier, index tags and the other properties (as commit headers) one file's blob gets.
-        ``task.done.head`` holds the file's leading plaintext bytes (HEAD_BYTES) for sniffing.
-        Under a policy the file's placement decides tier, tags and immutability (self.place)."""
-        opts = self.ctx.options
-        # Put Blob and Put Block List both take x-ms-blob-content-type; an encrypted blob gets
-        # its plaintext's type (content_type.py says why)
-        content_type = content_type_for(task.done.head or b"", task.src.rel_path, opts.content_type)
-        tier, tags = opts.tier, dict(opts.tags) or None
-        headers = {"x-ms-blob-content-type": content_type}
-        if self.place is not None:
-            placed = self.place(task)
-            if placed is not None:
-                tier, tags, extra = placed
-                headers.update(extra)
-        return self._fit_to_target(tier, tags, headers, task)
-
-    def _fit_to_target(
-        self, tier: str | None, tags: dict[str, str] | None, headers: dict[str, str], task: FileTask
-    ) -> tuple[str | None, dict[str, str] | None, dict[str, str]]:
-        """The commit properties as the destination can take them (targets/profile.py): what
-        it cannot store (a Data Box: tags, tier, immutability) is journaled pending for
-        `pyengine finalize`, not sent. With --put-md5, the blob's Content-MD5: the MD5 of the
-        stored bytes (the ciphertext when encrypting), which AzCopy and rclone compare."""
-        if getattr(task.done, "md5", None) is not None:
-            headers["x-ms-blob-content-md5"] = base64.b64encode(task.done.md5).decode("ascii")
-        tier, tags, headers, pending = fit_properties(self.profile, tier, tags, headers)
-        if pending and self.ctx.journal is not None:
-            record_pending(self.ctx.journal, self.ctx.report.job_id, task.record, pending)
-        return tier, tags, headers
