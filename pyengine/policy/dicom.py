@@ -220,12 +220,15 @@ def _read_raw(head: bytes, tags: list[int]) -> dict[int, Any]:
     if syntax is None:
         return {}  # deflated: identifiers unknown, routed by path and dated as missing
     implicit, little = syntax
+    # Elements come in tag order: nothing past the last wanted tag is read (the identifiers sit
+    # in groups 0008-0020, before the bulk of a header), and never the pixel data.
+    last = min(max(tags), _PIXEL_DATA - 1)
     return _elements(
         fp,
         len(head),
         is_implicit_VR=implicit,
         is_little_endian=little,
-        stop_when=lambda tag, vr, length: tag >= _PIXEL_DATA,
+        stop_when=lambda tag, vr, length: tag > last,
         specific_tags=tags,
     )
 
