@@ -1,0 +1,60 @@
+"""The Dask cluster a distributed job runs on: an embedded LocalCluster (``workers``) or an
+existing scheduler (``scheduler``), with an asynchronous client on the job's event loop."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pyengine.errors import ConfigError
+from pyengine.options import CopyOptions
+
+#: how long a job waits for an existing cluster to show its first worker
+WORKERS_WAIT_S = 60.0
+
+
+@contextlib.asynccontextmanager
+async def open_client(options: CopyOptions) -> AsyncIterator[tuple[Any, int]]:
+    """(client, number of workers) for the job; the LocalCluster, if one was started, and the
+    client are closed on the way out, whatever ends the job (a signal cancels it here too)."""
+    from distributed import Client, LocalCluster
+
+    if options.scheduler:
+        try:
+            client = await Client(options.scheduler, asynchronous=True, timeout=WORKERS_WAIT_S)
+        except (OSError, TimeoutError) as e:
+            raise ConfigError(options.scheduler, f"cannot reach the Dask scheduler: {e}") from None
+        try:
+            await client.wait_for_workers(1, timeout=WORKERS_WAIT_S)
+            workers = len(client.scheduler_info()["workers"]) or 1
+            yield client, workers
+        finally:
+            await client.close()
+        return
+    n_workers = options.workers or 1
+    if n_workers < 1:
+        raise ConfigError("--workers", "must be at least 1")
+    # processes: one engine (native pipeline, event loop, connections) per worker process.
+    # Two threads each, so a worker starts its next shard while the last files of one finish
+    # (both share the worker's engine and its memory cap). memory_limit=0: the pipeline's
+    # memory_cap_bytes is the hard cap per worker; Dask's nanny need not police it.
+    # silence_logs: the workers' INFO lines would mix with --json output.
+    cluster = await LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=2,
+        processes=True,
+        dashboard_address=None,
+        memory_limit=0,
+        silence_logs=logging.ERROR,
+        asynchronous=True,
+    )
+    try:
+        client = await Client(cluster, asynchronous=True)
+        try:
+            yield client, n_workers
+        finally:
+            await client.close()
+    finally:
+        await cluster.close()
