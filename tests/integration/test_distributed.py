@@ -9,18 +9,24 @@ LocalCluster) runs once through the CLI.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import blake3
 import pytest
 from azure.storage.blob import ContainerClient
 
 import pyengine
-from pyengine import CopyOptions, Event
+from pyengine import CopyOptions, CopyReport, Event
 from pyengine.options import MiB
 from pyengine.state.journal import Journal
 
@@ -123,3 +129,123 @@ def test_two_workers_copy_every_file_with_an_exact_summary(
     assert len(manifest) == len(files)
     # the shards really went to both workers
     assert len(cluster.run(lambda: 1)) == 2
+
+
+def commits_by_blob(recorded: list[tuple[str, str, dict[str, str]]]) -> Counter[str]:
+    """Put Blob and Put Block List requests, by blob name (what a commit is on the wire)."""
+    commits: Counter[str] = Counter()
+    for method, path_qs, _ in recorded:
+        parts = urlsplit(path_qs)
+        query = parse_qs(parts.query)
+        is_commit = query.get("comp") == ["blocklist"] or (method == "PUT" and not query)
+        if method == "PUT" and is_commit:
+            commits[parts.path.split("/", 3)[3]] += 1
+    return commits
+
+
+def test_killed_worker_shard_is_retried_and_every_blob_committed_once(
+    azurite, container, cluster, fault_proxy, tmp_path: Path
+) -> None:
+    sizes = {f"big/{i}.bin": 4 * MiB + i for i in range(4)}
+    sizes.update({f"small/{i:02d}.dcm": 2 * KiB + i for i in range(12)})
+    files = make_tree(tmp_path / "src", sizes)
+    cluster.wait_for_workers(2)
+    pids = cluster.run(os.getpid)
+    killed: list[str] = []
+
+    def on_event(e: Event) -> None:
+        # the first block of a large file is journaled: kill every worker sending a shard
+        if e.kind == "progress" and (e.path or "").startswith("big/") and not killed:
+            for addr, keys in cluster.processing().items():
+                if keys and addr in pids:
+                    os.kill(pids[addr], signal.SIGKILL)
+                    killed.append(addr)
+
+    fault_proxy.recording = True
+    # 5 MB/s per worker: the 16 MiB of large files are still in flight when the kill comes
+    opts = options(azurite, tmp_path, scheduler=cluster.scheduler.address, cap_mbps=40)
+    report = asyncio.run(
+        pyengine.copy(tmp_path / "src", fault_proxy.url(container), opts, on_event=on_event)
+    )
+
+    assert killed, "no worker was sending when the first block was acknowledged"
+    assert report.ok, report.failures
+    assert report.files_copied == len(files) and report.files_failed == 0
+    # blocks the journal held acknowledged were resumed by the retry, not sent again
+    assert report.blocks_resumed >= 1
+    assert commits_by_blob(fault_proxy.recorded) == dict.fromkeys(files, 1)
+    assert_destination_holds(azurite, container, files)
+    assert journal_states(opts.journal_path, report.job_id) == {"committed": len(files)}
+    verified = subprocess.run(
+        [sys.executable, "-m", "pyengine", "verify", report.job_id, "--journal",
+         opts.journal_path, "--connection-string", azurite.connection_string, "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_workers_flag_runs_an_embedded_cluster_with_clean_json_output(
+    azurite, container, tmp_path: Path
+) -> None:
+    files = make_tree(tmp_path / "src", {f"s/{i}.dcm": 1500 + i for i in range(6)})
+    env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    done = subprocess.run(
+        [sys.executable, "-m", "pyengine", "copy", str(tmp_path / "src"), container,
+         "--workers", "2", "--threads", "1", "--json",
+         "--journal", str(tmp_path / "j.sqlite")],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]  # JSON only: no Dask noise
+    summary = [x for x in lines if x.get("kind") == "job_finished" or "files_copied" in x][-1]
+    assert summary["files_copied"] == len(files)
+    assert_destination_holds(azurite, container, files)
+
+
+def _interrupt_after_first_copy(src: Path, dest: str, opts: CopyOptions) -> CopyReport | None:
+    """Runs a job and cancels it (as SIGINT does) once its first large file is committed."""
+
+    async def main() -> None:
+        task: asyncio.Task[Any] | None = None
+
+        def on_event(e: Event) -> None:
+            if e.kind == "file_copied" and (e.path or "").startswith("big/") and task:
+                task.cancel()
+
+        task = asyncio.ensure_future(pyengine.copy(src, dest, opts, on_event=on_event))
+        await task
+
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        return None
+    pytest.fail("the job ended before it could be interrupted")
+
+
+@pytest.mark.parametrize("first", ["distributed", "single"])
+def test_interrupted_job_resumes_in_the_other_mode(
+    azurite, container, cluster, tmp_path: Path, first: str
+) -> None:
+    sizes = {f"big/{i}.bin": 3 * MiB + i for i in range(4)}
+    sizes.update({f"small/{i:02d}.dcm": 1 * KiB + i for i in range(8)})
+    files = make_tree(tmp_path / "src", sizes)
+    cluster.wait_for_workers(2)
+    distributed = {"scheduler": cluster.scheduler.address}
+    modes = [distributed, {}] if first == "distributed" else [{}, distributed]
+    # throttled so the first run is still sending when it is interrupted
+    opts1 = options(azurite, tmp_path, cap_mbps=40, **modes[0])
+    assert _interrupt_after_first_copy(tmp_path / "src", container, opts1) is None
+    with Journal.open_existing(opts1.journal_path) as journal:
+        (job,) = journal.list_jobs()
+        assert job.status == "interrupted"
+        done_before = Counter(r.state for r in journal.iter_files(job.job_id))["committed"]
+    assert done_before >= 1
+
+    opts2 = options(azurite, tmp_path, **modes[1])
+    report = asyncio.run(pyengine.copy(tmp_path / "src", container, opts2))
+    assert report.ok, report.failures
+    assert report.job_id == job.job_id  # the same job, resumed
+    assert report.files_copied == len(files)  # the summary covers the whole source
+    assert report.blocks_sent < blocks_of(files)  # what the first run sent was not sent again
+    assert_destination_holds(azurite, container, files)
+    assert journal_states(opts2.journal_path, report.job_id) == {"committed": len(files)}
