@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pyengine.distributed.worker import warm_up
 from pyengine.errors import ConfigError
 from pyengine.options import CopyOptions
 
@@ -29,6 +30,7 @@ async def open_client(options: CopyOptions) -> AsyncIterator[tuple[Any, int]]:
         try:
             await client.wait_for_workers(1, timeout=WORKERS_WAIT_S)
             workers = len(client.scheduler_info()["workers"]) or 1
+            await client.run(warm_up)
             yield client, workers
         finally:
             await client.close()
@@ -53,6 +55,7 @@ async def open_client(options: CopyOptions) -> AsyncIterator[tuple[Any, int]]:
     try:
         client = await Client(cluster, asynchronous=True)
         try:
+            await client.run(warm_up)
             yield client, n_workers
         finally:
             await client.close()

@@ -40,6 +40,8 @@ from pyengine.targets.profile import AZURE, choose_profile
 
 #: sends of one file version whose worker died before it answered; then the file fails
 MAX_ATTEMPTS = 4
+#: files in flight per worker, in units of the in-process window (see files_window)
+FILES_WINDOW_FACTOR = 3
 #: environment variables that carry the credential; shipped so remote workers resolve the same
 CREDENTIAL_ENV = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_KEY")
 
@@ -146,8 +148,9 @@ class DistributedJob(_Job):
         self.worker_stats: list[dict[str, float]] = []
 
     def files_window(self) -> int:
-        # every worker keeps its own request window full
-        return super().files_window() * self.workers
+        # every worker keeps its own request window full, with as many files again on their
+        # way (in shards, or answered but not yet heard of: events come in batches)
+        return super().files_window() * self.workers * FILES_WINDOW_FACTOR
 
     async def _run_locked(self, credential: Any) -> None:
         await super()._run_locked(credential)
