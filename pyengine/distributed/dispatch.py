@@ -63,10 +63,12 @@ class Dispatcher:
     def start(self) -> None:
         self.client.subscribe_topic(self.setup.topic, self._on_events)
 
-    async def stop(self) -> None:
+    async def stop(self, *, wait: bool = True) -> None:
+        """Ends the job's shards: with ``wait``, those whose files are all answered may return
+        first; the others are cancelled."""
         if self._timer is not None:
             self._timer.cancel()
-        if self._shards:  # files answered by their events: the shards' returns follow
+        if self._shards and wait:  # files answered by their events: the shards' returns follow
             await asyncio.wait(set(self._shards), timeout=SHARD_RETURN_WAIT_S)
         for t in list(self._shards):
             t.cancel()

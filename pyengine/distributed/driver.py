@@ -29,7 +29,7 @@ from pyengine.distributed.worker import close_engine
 from pyengine.engine import metadata_names as mn
 from pyengine.engine.context import EventCallback, FileTask
 from pyengine.engine.decide import Decider
-from pyengine.engine.job import _Job
+from pyengine.engine.job import _Job, _shielded
 from pyengine.engine.metadata_names import meta_get
 from pyengine.engine.report import CopyReport
 from pyengine.engine.send import Sender
@@ -175,11 +175,18 @@ class DistributedJob(_Job):
         dispatcher.start()
         try:
             await super().copy_all()
-        finally:
-            await dispatcher.stop()
-            stats = await self.client.run(close_engine, setup.token)
-            self.worker_stats = [s for s in stats.values() if s]
-            await self.client.set_metadata([setup.topic], 0)  # the job's shard marks
+        except BaseException:
+            # stopped or failed: the shards in flight are abandoned (the journal holds what
+            # was acknowledged), not waited for
+            await _shielded(self._close(setup, dispatcher, finished=False))
+            raise
+        await self._close(setup, dispatcher, finished=True)
+
+    async def _close(self, setup: SetUp, dispatcher: Dispatcher, *, finished: bool) -> None:
+        await dispatcher.stop(wait=finished)
+        stats = await self.client.run(close_engine, setup.token)
+        self.worker_stats = [s for s in stats.values() if s]
+        await self.client.set_metadata([setup.topic], 0)  # the job's shard marks
 
 
 async def copy_distributed(

@@ -152,6 +152,7 @@ class WorkerEngine:
         self.by_path: dict[str, int] = {}
         self._events: list[tuple[Any, ...]] = []
         self._stats: dict[str, float] = {}
+        self._shard_tasks: set[asyncio.Task[Any]] = set()
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name="pyengine-worker", daemon=True)
@@ -214,17 +215,26 @@ class WorkerEngine:
         return asyncio.run_coroutine_threadsafe(self._spawn(shard), self.loop).result()
 
     def close(self) -> dict[str, float]:
+        """Ends the engine: shards still running (a stopped job) are cancelled."""
         if not self.broken:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self.loop.call_soon_threadsafe(self._stop.set)
+                self.loop.call_soon_threadsafe(self._cancel_shards_and_stop)
         self._thread.join(timeout=60)
         return self._stats
 
     # --- shards and files ------------------------------------------------------------------
 
+    def _cancel_shards_and_stop(self) -> None:
+        for t in list(self._shard_tasks):
+            t.cancel()
+        self._stop.set()
+
     async def _spawn(self, shard: Shard) -> list[dict[str, Any]]:
         # owned like every task of the engine: a failure of the engine ends the shard too
-        return await self.owner.spawn(self._run_shard(shard), name=shard.key)
+        t = self.owner.spawn(self._run_shard(shard), name=shard.key)
+        self._shard_tasks.add(t)
+        t.add_done_callback(self._shard_tasks.discard)
+        return await t
 
     async def _run_shard(self, shard: Shard) -> list[dict[str, Any]]:
         results = await asyncio.gather(*(self._one(item) for item in shard.items))
