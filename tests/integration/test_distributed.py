@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,3 +250,65 @@ def test_interrupted_job_resumes_in_the_other_mode(
     assert report.blocks_sent < blocks_of(files)  # what the first run sent was not sent again
     assert_destination_holds(azurite, container, files)
     assert journal_states(opts2.journal_path, report.job_id) == {"committed": len(files)}
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return "?"
+
+
+def test_sigint_stops_a_workers_copy_resumably_and_leaves_no_worker(
+    azurite, container, tmp_path: Path
+) -> None:
+    make_tree(tmp_path / "src", {f"big/{i}.bin": 3 * MiB + i for i in range(3)})
+    env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    journal = str(tmp_path / "j.sqlite")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyengine", "copy", str(tmp_path / "src"), container,
+         "--workers", "1", "--threads", "1", "--json", "--journal", journal,
+         "--block-size", "1", "--cap-mbps", "16"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    workers: list[int] = []
+    for line in proc.stdout:  # the first block acknowledged: a worker is sending
+        if json.loads(line).get("kind") == "progress":
+            workers = _children(proc.pid)
+            break
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(timeout=60)
+    assert rc == 130, proc.stderr.read() if proc.stderr else ""
+    assert workers, "the LocalCluster's processes were not found"
+    deadline = time.monotonic() + 10  # a multiprocessing resource tracker exits right after
+    while (alive := [p for p in workers if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"processes left behind: {[_cmdline(p) for p in alive]}"
+    with Journal.open_existing(journal) as j:
+        (job,) = j.list_jobs()
+        assert job.status == "interrupted"
