@@ -27,7 +27,7 @@ import pytest
 from azure.storage.blob import ContainerClient
 
 import pyengine
-from pyengine import CopyOptions, CopyReport, Event
+from pyengine import CopyOptions, CopyReport, Event, LocalKeyWrapper
 from pyengine.options import MiB
 from pyengine.state.journal import Journal
 
@@ -144,24 +144,30 @@ def commits_by_blob(recorded: list[tuple[str, str, dict[str, str]]]) -> Counter[
     return commits
 
 
-def test_killed_worker_shard_is_retried_and_every_blob_committed_once(
-    azurite, container, cluster, fault_proxy, tmp_path: Path
-) -> None:
-    sizes = {f"big/{i}.bin": 4 * MiB + i for i in range(4)}
-    sizes.update({f"small/{i:02d}.dcm": 2 * KiB + i for i in range(12)})
-    files = make_tree(tmp_path / "src", sizes)
+def kill_senders_at_first_block(cluster: Any, killed: list[str]) -> Any:
+    """An event listener that SIGKILLs every worker running a shard once the first block of a
+    large file (big/...) is journaled; the killed workers' addresses go into ``killed``."""
     cluster.wait_for_workers(2)
     pids = cluster.run(os.getpid)
-    killed: list[str] = []
 
     def on_event(e: Event) -> None:
-        # the first block of a large file is journaled: kill every worker sending a shard
         if e.kind == "progress" and (e.path or "").startswith("big/") and not killed:
             for addr, keys in cluster.processing().items():
                 if keys and addr in pids:
                     os.kill(pids[addr], signal.SIGKILL)
                     killed.append(addr)
 
+    return on_event
+
+
+def test_killed_worker_shard_is_retried_and_every_blob_committed_once(
+    azurite, container, cluster, fault_proxy, tmp_path: Path
+) -> None:
+    sizes = {f"big/{i}.bin": 4 * MiB + i for i in range(4)}
+    sizes.update({f"small/{i:02d}.dcm": 2 * KiB + i for i in range(12)})
+    files = make_tree(tmp_path / "src", sizes)
+    killed: list[str] = []
+    on_event = kill_senders_at_first_block(cluster, killed)
     fault_proxy.recording = True
     # 5 MB/s per worker: the 16 MiB of large files are still in flight when the kill comes
     opts = options(azurite, tmp_path, scheduler=cluster.scheduler.address, cap_mbps=40)
@@ -312,3 +318,35 @@ def test_sigint_stops_a_workers_copy_resumably_and_leaves_no_worker(
     with Journal.open_existing(journal) as j:
         (job,) = j.list_jobs()
         assert job.status == "interrupted"
+
+
+def test_encrypted_copy_with_a_killed_worker_decrypts_with_the_sdk(
+    azurite, container, cluster, sdk_blob, tmp_path: Path
+) -> None:
+    sizes = {f"big/{i}.bin": 12 * MiB + i for i in range(2)}
+    sizes.update({f"small/{i}.dcm": 5 * KiB + i for i in range(6)})
+    files = make_tree(tmp_path / "src", sizes)
+    key = os.urandom(32)
+    killed: list[str] = []
+    opts = options(
+        azurite,
+        tmp_path,
+        scheduler=cluster.scheduler.address,
+        encrypt=True,
+        kek=LocalKeyWrapper(key),
+        block_bytes=4 * MiB,
+        cap_mbps=60,
+    )
+    report = asyncio.run(
+        pyengine.copy(
+            tmp_path / "src", container, opts, on_event=kill_senders_at_first_block(cluster, killed)
+        )
+    )
+    assert killed
+    assert report.ok, report.failures
+    assert report.files_copied == len(files)
+    # resumed under the journaled content key, after the driver's check pass of staged blocks
+    assert report.blocks_resumed >= 1
+    for rel, data in files.items():  # the content keys that travelled to the workers
+        with sdk_blob(container, rel, key) as bc:
+            assert bc.download_blob().readall() == data, rel
