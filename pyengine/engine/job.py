@@ -472,6 +472,9 @@ async def copy(
     if policy is not None:
         from pyengine.engine.policy_job import copy_with_policy
 
+        if options.workers or options.scheduler:  # one lane per tenant, in this process
+            raise ConfigError("--workers", "not with --policy: a policy copy runs in one process")
+
         if dest is not None:
             raise ConfigError("--policy", "the policy names the destinations: give no DEST")
         return await copy_with_policy(source_path, policy, options, on_event)

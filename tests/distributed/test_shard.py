@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from cli_harness import assert_one_line_error, pyengine
+import pytest
+from cli_harness import assert_one_line_error
+from cli_harness import pyengine as run_cli
 
+import pyengine
+from pyengine import CopyOptions
 from pyengine.distributed.shard import WorkItem, ack_of, file_result
 from pyengine.engine.context import FileTask
 from pyengine.engine.scan import SourceFile
+from pyengine.errors import ConfigError
 from pyengine.state.records import BlockAck, FileRecord
 
 
@@ -47,7 +53,7 @@ def test_ack_events_and_results_read_back_as_journal_acks() -> None:
 
 
 def test_workers_and_scheduler_together_are_a_usage_error(tmp_path: Path) -> None:
-    proc = pyengine(
+    proc = run_cli(
         "copy", str(tmp_path), "http://127.0.0.1:1/acct/c", "--workers", "2",
         "--scheduler", "tcp://127.0.0.1:1",
     )  # fmt: skip
@@ -55,5 +61,11 @@ def test_workers_and_scheduler_together_are_a_usage_error(tmp_path: Path) -> Non
 
 
 def test_workers_below_one_is_a_usage_error(tmp_path: Path) -> None:
-    proc = pyengine("copy", str(tmp_path), "http://127.0.0.1:1/acct/c", "--workers", "0")
+    proc = run_cli("copy", str(tmp_path), "http://127.0.0.1:1/acct/c", "--workers", "0")
     assert_one_line_error(proc, 2, "--workers", "at least 1")
+
+
+def test_a_policy_copy_refuses_workers(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        asyncio.run(pyengine.copy(tmp_path, options=CopyOptions(workers=2), policy=object()))  # type: ignore[arg-type]
+    assert e.value.subject == "--workers"
