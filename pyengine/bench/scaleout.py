@@ -6,7 +6,8 @@ the same machine.
 
 Each copy is a fresh job (its own journal, ``check="none"``) so every byte is sent each time;
 the sink's access log proves the bytes were read. Two times per copy: the job's own
-``elapsed_s`` (scan to summary) and the wall time including the LocalCluster's start.
+``elapsed_s`` (scan to summary) and the wall time including the LocalCluster's start; and the
+CPU seconds of this process (all of the work in process; the driver's share with workers).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -52,12 +54,25 @@ async def one_copy(
     )
     sink.reset_counts()
     start = time.monotonic()
+    cpu_start = _cpu_s()
     report = await pyengine.copy(source, f"{sink.url}/{job}", opts)
     wall_s = time.monotonic() - start
+    cpu_s = _cpu_s() - cpu_start
     read = await sink.acounted()
     if not report.ok or read.body_bytes < report.bytes_copied:
         raise RuntimeError(f"{job}: not every byte reached the sink ({report.failures[:3]})")
-    return {"elapsed_s": report.elapsed_s, "wall_s": wall_s, "bytes": report.bytes_copied}
+    return {
+        "elapsed_s": report.elapsed_s,
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "bytes": report.bytes_copied,
+    }
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process (the driver: with a LocalCluster, its scheduler too)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def run(small: int, large: int, repeats: int, threads: int) -> dict[str, Any]:
@@ -80,6 +95,7 @@ async def run(small: int, large: int, repeats: int, threads: int) -> dict[str, A
             "wall_s": round(wall, 3),
             "gbps": round(total_bytes / elapsed / 1e9, 3),
             "files_per_s": round((small + large) / elapsed, 1),
+            "driver_cpu_s": round(statistics.median(x["cpu_s"] for x in rs), 2),
         }
     base = table["in-process"]["elapsed_s"]
     return {
@@ -105,11 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     print(f"{result['files']} files, {result['bytes'] / 1e6:.0f} MB, median of {args.repeats}")
-    print(f"{'mode':<14}{'job s':>8}{'wall s':>8}{'GB/s':>8}{'files/s':>9}")
+    print(f"{'mode':<14}{'job s':>8}{'wall s':>8}{'GB/s':>8}{'files/s':>9}{'cpu s':>8}")
     for mode, row in result["modes"].items():
         print(
             f"{mode:<14}{row['elapsed_s']:>8.2f}{row['wall_s']:>8.2f}"
-            f"{row['gbps']:>8.3f}{row['files_per_s']:>9.0f}"
+            f"{row['gbps']:>8.3f}{row['files_per_s']:>9.0f}{row['driver_cpu_s']:>8.2f}"
         )
     print(
         f"--workers 1 overhead vs in-process (job time): {result['workers1_overhead_pct']:+.1f} %"
