@@ -65,8 +65,9 @@ class DistributedSender(Sender):
             "record": record,
         }
         why = ""
+        commit_if: dict[str, str] | None = None
         for _ in range(MAX_ATTEMPTS):
-            result = await self.dispatcher.send(WorkItem.from_task(task))
+            result = await self.dispatcher.send(WorkItem.from_task(task, commit_if))
             status = result["status"]
             ctx.report.blocks_resumed += result["blocks_resumed"]
             if status in ("changed", "foreign"):  # send_file reads it again, as in one process
@@ -82,13 +83,16 @@ class DistributedSender(Sender):
                 )
                 return None
             why = result["reason"] or ""
-            committed = await self._committed_before_loss(task)
+            committed, etag_now = await self._committed_before_loss(task)
             if committed is not None:
                 etag, blake3_hex = committed
                 await ctx.outcome(
                     src.rel_path, "copied", etag=etag, blake3_hex=blake3_hex, **common
                 )
                 return None
+            # the blob as seen now, or none: a commit of the dead worker still in flight that
+            # lands first makes the next commit fail its precondition (then found as ours)
+            commit_if = {"if-match": etag_now} if etag_now else {"if-none-match": "*"}
             again = await self._resume_after_loss(task)
             if again is None:
                 return "changed"
@@ -97,23 +101,28 @@ class DistributedSender(Sender):
         await ctx.outcome(src.rel_path, "failed", reason=reason, **common)
         return None
 
-    async def _committed_before_loss(self, task: FileTask) -> tuple[str, str] | None:
-        """(etag, plaintext BLAKE3 hex) when the lost worker committed this file version
-        before it died: the blob carries its upload id, as after a kill in one process."""
+    async def _committed_before_loss(
+        self, task: FileTask
+    ) -> tuple[tuple[str, str] | None, str | None]:
+        """((etag, plaintext BLAKE3 hex) when the lost worker committed this file version
+        before it died: the blob carries its upload id, as after a kill in one process; the
+        blob's ETag now, None when there is no blob)."""
         assert self.ctx.store is not None
         props = await self.ctx.store.get_properties(task.record.blob_name)
-        if props is None or meta_get(props.metadata, mn.UPLOAD_ID) != task.record.upload_id:
-            return None
+        if props is None:
+            return None, None
+        if meta_get(props.metadata, mn.UPLOAD_ID) != task.record.upload_id:
+            return None, props.etag
         plain_hex = meta_get(props.metadata, mn.BLAKE3)
         if plain_hex:
-            return props.etag, plain_hex
+            return (props.etag, plain_hex), props.etag
         keyed_hex = meta_get(props.metadata, mn.KEYED_BLAKE3)
         if task.content_key is None or keyed_hex is None:
-            return None
+            return None, props.etag
         digest = await self.hash_file(task.src)  # encrypted: prove it holds these bytes
         if digest is not None and keyed_digest_hex(task.content_key, digest.hex()) == keyed_hex:
-            return props.etag, digest.hex()
-        return None
+            return (props.etag, digest.hex()), props.etag
+        return None, props.etag
 
     async def _resume_after_loss(self, task: FileTask) -> FileTask | None:
         """The file's next send: every block the journal now holds acknowledged and the service

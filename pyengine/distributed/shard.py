@@ -65,9 +65,12 @@ class WorkItem:
     content_key: bytes | None = field(repr=False)
     encryptiondata: str | None
     resumable: set[int]
+    #: the commit's precondition (If-Match / If-None-Match) when the file is sent again after
+    #: its worker died: that worker's commit may still land, and then this one must not
+    commit_if: dict[str, str] | None = None
 
     @classmethod
-    def from_task(cls, task: FileTask) -> WorkItem:
+    def from_task(cls, task: FileTask, commit_if: dict[str, str] | None = None) -> WorkItem:
         record = task.record
         # only the acknowledgements of blocks it may resume: their digests are compared with
         # the re-read bytes (send.matches_journal)
@@ -81,6 +84,7 @@ class WorkItem:
             content_key=task.content_key,
             encryptiondata=task.encryptiondata,
             resumable=set(task.resumable),
+            commit_if=commit_if,
         )
 
     def to_task(self) -> FileTask:

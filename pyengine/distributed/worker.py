@@ -26,7 +26,9 @@ from urllib.parse import urlsplit
 
 from pyengine import _core
 from pyengine.distributed.shard import SetUp, Shard, WorkItem, file_result
-from pyengine.engine.context import JobContext
+from pyengine.engine import metadata_names as mn
+from pyengine.engine.context import FileTask, JobContext
+from pyengine.engine.metadata_names import meta_get
 from pyengine.engine.scan import display_path
 from pyengine.engine.send import Sender
 from pyengine.engine.taskowner import TaskOwner
@@ -140,6 +142,37 @@ class RelayContext(JobContext):
             state.outcome = (status, kw.get("reason"), kw.get("etag"), kw.get("blake3_hex"))
 
 
+class WorkerSender(Sender):
+    """send.py's Sender, whose commit of a file sent again after a lost worker is conditional
+    (WorkItem.commit_if): refused because the lost worker's commit landed meanwhile, the
+    file counts as committed by it when the blob holds this version's upload id."""
+
+    commit_if: dict[int, dict[str, str]]
+
+    def blob_properties(
+        self, task: FileTask
+    ) -> tuple[str | None, dict[str, str] | None, dict[str, str]]:
+        tier, tags, headers = super().blob_properties(task)
+        condition = self.commit_if.get(task.record.file_id)
+        if condition:
+            headers = {**headers, **condition}  # lowercase: the SharedKey signer reads them so
+        return tier, tags, headers
+
+    async def commit(self, task: FileTask) -> str:
+        try:
+            return await super().commit(task)
+        except PyEngineError:
+            if not self.commit_if.get(task.record.file_id) or self.ctx.store is None:
+                raise
+            props = await self.ctx.store.get_properties(task.record.blob_name)
+            ours = props is not None and (
+                meta_get(props.metadata, mn.UPLOAD_ID) == task.record.upload_id
+            )
+            if props is None or not ours:
+                raise
+            return props.etag
+
+
 class WorkerEngine:
     """A job's engine in one worker process: an event loop in a thread of its own, opened once
     and kept for the job's shards."""
@@ -187,7 +220,8 @@ class WorkerEngine:
                 ctx.store = target
                 ctx.journal = RelayJournal(self)  # type: ignore[assignment]
                 ctx.report.job_id = setup.job_id
-                self.sender = Sender(ctx)
+                self.sender = WorkerSender(ctx)
+                self.sender.commit_if = {}
                 self.sender.pipeline = pipeline
                 self.sender.profile = profile
                 self._window = asyncio.Semaphore(max(8, opts.max_concurrency * 2))
@@ -247,6 +281,8 @@ class WorkerEngine:
             file_id, rel_path = item.record.file_id, item.src.rel_path
             state = self.files[file_id] = _FileState(rel_path)
             self.by_path[rel_path] = file_id
+            if item.commit_if:
+                self.sender.commit_if[file_id] = item.commit_if
             reason: str | None = None
             try:
                 then = await self.sender._send_version(task)
@@ -258,6 +294,7 @@ class WorkerEngine:
             finally:
                 self.files.pop(file_id, None)
                 self.by_path.pop(rel_path, None)
+                self.sender.commit_if.pop(file_id, None)
             etag = blake3_hex = None
             if then is None and state.outcome is not None:
                 then, reason, etag, blake3_hex = state.outcome

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -132,16 +132,34 @@ def test_two_workers_copy_every_file_with_an_exact_summary(
     assert len(cluster.run(lambda: 1)) == 2
 
 
-def commits_by_blob(recorded: list[tuple[str, str, dict[str, str]]]) -> Counter[str]:
-    """Put Blob and Put Block List requests, by blob name (what a commit is on the wire)."""
-    commits: Counter[str] = Counter()
-    for method, path_qs, _ in recorded:
+def commits_by_blob(forwarded: list[list[Any]]) -> dict[str, list[tuple[int | None, bool]]]:
+    """Put Blob and Put Block List requests whose body reached the service, by blob name, in
+    order: (status, None when no answer came back; whether it carried a precondition)."""
+    commits: dict[str, list[tuple[int | None, bool]]] = {}
+    for method, path_qs, status, headers in forwarded:
         parts = urlsplit(path_qs)
         query = parse_qs(parts.query)
         is_commit = query.get("comp") == ["blocklist"] or (method == "PUT" and not query)
         if method == "PUT" and is_commit:
-            commits[parts.path.split("/", 3)[3]] += 1
+            conditional = "if-match" in headers or "if-none-match" in headers
+            commits.setdefault(parts.path.split("/", 3)[3], []).append((status, conditional))
     return commits
+
+
+def assert_committed_once(forwarded: list[list[Any]], names: Iterable[str]) -> None:
+    """Each blob was committed once: one commit accepted (2xx), or one sent by a worker that
+    died waiting for the answer (it may have landed); every commit after that one carried a
+    precondition (If-Match / If-None-Match), so it could not land on top of it."""
+    commits = commits_by_blob(forwarded)
+    assert sorted(commits) == sorted(names)
+    for name, tries in commits.items():
+        may_have_landed = [i for i, (status, _) in enumerate(tries) if status is None]
+        accepted = [i for i, (status, _) in enumerate(tries) if status and 200 <= status < 300]
+        assert len(accepted) <= 1, (name, tries)
+        assert accepted or may_have_landed, (name, tries)
+        if may_have_landed:
+            later = tries[may_have_landed[0] + 1 :]
+            assert all(conditional for _, conditional in later), (name, tries)
 
 
 def kill_senders_at_first_block(cluster: Any, killed: list[str]) -> Any:
@@ -180,7 +198,7 @@ def test_killed_worker_shard_is_retried_and_every_blob_committed_once(
     assert report.files_copied == len(files) and report.files_failed == 0
     # blocks the journal held acknowledged were resumed by the retry, not sent again
     assert report.blocks_resumed >= 1
-    assert commits_by_blob(fault_proxy.recorded) == dict.fromkeys(files, 1)
+    assert_committed_once(fault_proxy.forwarded, files)
     assert_destination_holds(azurite, container, files)
     assert journal_states(opts.journal_path, report.job_id) == {"committed": len(files)}
     verified = subprocess.run(
