@@ -368,3 +368,24 @@ def test_encrypted_copy_with_a_killed_worker_decrypts_with_the_sdk(
     for rel, data in files.items():  # the content keys that travelled to the workers
         with sdk_blob(container, rel, key) as bc:
             assert bc.download_blob().readall() == data, rel
+
+
+def test_dask_scheduler_address_env_sends_the_files_from_that_cluster(
+    azurite, container, cluster, tmp_path: Path
+) -> None:
+    files = make_tree(tmp_path / "src", {f"s/{i}.dcm": 700 + i for i in range(5)})
+    env = {
+        **os.environ,
+        "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
+        "DASK_SCHEDULER_ADDRESS": cluster.scheduler.address,
+    }
+    before = set(cluster.get_events())
+    done = subprocess.run(
+        [sys.executable, "-m", "pyengine", "copy", str(tmp_path / "src"), container,
+         "--json", "--journal", str(tmp_path / "j.sqlite")],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # the cluster's scheduler saw a new job's event topic: its workers sent the files
+    assert [t for t in set(cluster.get_events()) - before if t.startswith("pyengine-")]
+    assert_destination_holds(azurite, container, files)
