@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from pyengine.distributed.worker import warm_up
@@ -16,10 +16,33 @@ from pyengine.options import CopyOptions
 WORKERS_WAIT_S = 60.0
 
 
+@contextlib.contextmanager
+def _quiet_dask() -> Iterator[None]:
+    """Dask's own INFO and WARNING lines (a scheduler or nannies in this process, a worker
+    that died and was replaced) would fill the CLI's stderr; the job says what matters in its
+    own words (a lost shard, a failed file). Restored after the job."""
+    import distributed  # noqa: F401  (its import sets the logger's level from Dask's config)
+
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 @contextlib.asynccontextmanager
 async def open_client(options: CopyOptions) -> AsyncIterator[tuple[Any, int]]:
     """(client, number of workers) for the job; the LocalCluster, if one was started, and the
     client are closed on the way out, whatever ends the job (a signal cancels it here too)."""
+    with _quiet_dask():
+        async with _open_client(options) as opened:
+            yield opened
+
+
+@contextlib.asynccontextmanager
+async def _open_client(options: CopyOptions) -> AsyncIterator[tuple[Any, int]]:
     from distributed import Client, LocalCluster
 
     if options.scheduler:

@@ -222,6 +222,7 @@ def test_workers_flag_runs_an_embedded_cluster_with_clean_json_output(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]  # JSON only: no Dask noise
+    assert "distributed." not in done.stderr  # nor Dask's log lines on stderr
     summary = [x for x in lines if x.get("kind") == "job_finished" or "files_copied" in x][-1]
     assert summary["files_copied"] == len(files)
     assert_destination_holds(azurite, container, files)
