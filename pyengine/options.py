@@ -144,6 +144,12 @@ class CopyOptions:
     #: encrypting) so AzCopy --check-md5, rclone check and Storage Explorer can verify it; the
     #: MD5 is computed in the read pass, serial per file (see `pyengine bench native`)
     put_md5: bool = False
+    #: run the job on a Dask LocalCluster of this many worker processes, each with its own
+    #: native pipeline (threads and memory_cap_bytes apply per worker); None: in this process
+    workers: int | None = None
+    #: address of an existing Dask scheduler (tcp://host:8786) whose workers see the same source
+    #: path; None: no cluster unless ``workers`` is set (pyengine.distributed)
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         if self.content_type is not None:  # it becomes a request header: refuse it up front

@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -101,6 +102,11 @@ class FaultProxy:
         #: with recording on: (method, raw path and query, headers with lower-case names)
         self.recording = False
         self.recorded: list[tuple[str, str, dict[str, str]]] = []
+        #: with recording on: [method, raw path and query, upstream status, headers with
+        #: lower-case names] of each request whose whole body arrived (a client that died
+        #: mid-body never gets that far); status None: no answer came back (the client went
+        #: away meanwhile; the upstream may have acted on it all the same)
+        self.forwarded: list[list[Any]] = []
         self._rng = random.Random(seed)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -266,7 +272,16 @@ class FaultProxy:
             return web.Response(status=500)
         if kind == "error":
             return _error(500, "InternalError", {})
+        entry: list[Any] = [
+            method,
+            path_qs,
+            None,
+            {k.lower(): v for k, v in request.headers.items()},
+        ]
+        if self.recording:
+            self.forwarded.append(entry)
         status, headers, content = await self._forward(request, body)
+        entry[2] = status
         if kind == "commit_lost":
             return _error(500, "InternalError", {})
         resp = web.StreamResponse(status=status, headers=headers)

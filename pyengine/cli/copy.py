@@ -187,6 +187,21 @@ def _add_copy_flags(p: argparse.ArgumentParser) -> None:
         help="HTTP requests in flight (default: %(default)s)",
     )
     p.add_argument("--direct-io", action="store_true", help="read with O_DIRECT (bypass the cache)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="send the files from N worker processes of an embedded Dask LocalCluster; "
+        "--threads and --memory-cap apply per worker (default: this process only)",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="send the files from the workers of an existing Dask cluster (tcp://host:8786), "
+        "which see SRC at the same path (default: $DASK_SCHEDULER_ADDRESS, else none)",
+    )
     r = RetryPolicy()
     p.add_argument(
         "--cap-mbps",
@@ -228,6 +243,14 @@ def _options_from(args: argparse.Namespace) -> CopyOptions:
     for name in ("threads", "concurrency"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name}", "must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError("--workers", "must be at least 1")
+    if args.workers is not None and args.scheduler:
+        raise ConfigError("--workers", "not with --scheduler (the cluster has its own workers)")
+    # Dask's own convention for "the cluster to use"; --workers N asks for an embedded one
+    scheduler = args.scheduler
+    if scheduler is None and args.workers is None:
+        scheduler = os.environ.get("DASK_SCHEDULER_ADDRESS") or None
     block = args.block_size
     if block is not None and block & (block - 1):
         raise ConfigError("--block-size", "must be a power of two in MiB (4, 8, 16, ...)")
@@ -259,6 +282,8 @@ def _options_from(args: argparse.Namespace) -> CopyOptions:
         target=args.target,
         ca_cert_file=args.ca_cert,
         put_md5=args.put_md5,
+        workers=args.workers,
+        scheduler=scheduler,
     )
 
 

@@ -312,7 +312,7 @@ class _Job:
         loop = asyncio.get_running_loop()
         # Files in flight: enough to keep the request window full with small files; large files
         # are bounded by the native memory cap (readers wait for buffers).
-        window = asyncio.Semaphore(max(8, opts.max_concurrency * 2))
+        window = asyncio.Semaphore(self.files_window())
         files: set[asyncio.Task[None]] = set()
 
         async def one(src: SourceFile, listed: object) -> None:
@@ -370,6 +370,10 @@ class _Job:
             finally:
                 self.attach(pipeline, None)
                 loop.remove_reader(pipeline.fileno())
+
+    def files_window(self) -> int:
+        """Files in flight at once (a distributed job: per worker, distributed/driver.py)."""
+        return max(8, self.ctx.options.max_concurrency * 2)
 
     def attach(self, pipeline: Any, owner: TaskOwner | None) -> None:
         """Hands the open pipeline and the task owner to the stages (a policy job: to every
@@ -517,10 +521,18 @@ async def copy(
     if policy is not None:
         from pyengine.engine.policy_job import copy_with_policy
 
+        if options.workers or options.scheduler:  # one lane per tenant, in this process
+            raise ConfigError("--workers", "not with --policy: a policy copy runs in one process")
+
         if dest is not None:
             raise ConfigError("--policy", "the policy names the destinations: give no DEST")
         return await copy_with_policy(source_path, policy, options, on_event)
     if dest is None:
         raise ConfigError("copy", "a destination is required (or a policy)")
+    if (options.workers or options.scheduler) and not options.dry_run:
+        # --- scale-out: the same job with its files sent by Dask workers (issue 13) ---
+        from pyengine.distributed.driver import copy_distributed
+
+        return await copy_distributed(source_path, dest, options, on_event)
     job = _Job(source_path, destination(dest), options, on_event)
     return await job.run()

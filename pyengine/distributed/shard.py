@@ -1,0 +1,139 @@
+"""What travels between the driver and its Dask workers: the job's setup (once per shard, the
+same object each time), the send work of one file version (WorkItem), and the events and
+results a worker streams back.
+
+A WorkItem is built by the driver at (re)submission time from its journal: the blocks it may
+resume are those the journal holds acknowledged *now*, so a shard retried after its worker died
+resends none of them. Secrets travel in task arguments, never in a task key or an event: the
+connection string (SetUp), and an encrypted file's content key (WorkItem). Over a LocalCluster
+they stay on this host; on a remote cluster they travel in Dask's messages, which Dask's TLS
+security settings protect (README "Scale-out with Dask").
+
+Events are msgpack-able tuples (Dask's event log carries them), each tagged with its kind:
+- ("ack", file_id, index, length_bytes, crc64, xxh3_128): the service acknowledged a block;
+- ("committing", file_id): the commit request is about to be sent;
+- ("progress", file_id, bytes): plaintext bytes of the file are done (sent or resumed);
+- ("done", file_id, result): the file's result (a dict, see :func:`file_result`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyengine.engine.context import FileTask
+from pyengine.engine.scan import SourceFile
+from pyengine.options import CopyOptions
+from pyengine.state.records import BlockAck, FileRecord
+from pyengine.targets.auth import Destination
+
+#: a shard closes at this many files ...
+SHARD_FILES = 64
+#: ... or this many bytes (so a worker that dies loses little, and the load spreads) ...
+SHARD_BYTES = 256 * 1024 * 1024
+#: ... or this long after its first file, so a slow scan still keeps the workers busy
+SHARD_LINGER_S = 0.05
+
+
+@dataclass(frozen=True)
+class SetUp:
+    """What a worker needs to open its engine for a job (the same for every shard)."""
+
+    #: one per run of a job: names the engine in each worker process and the event topic
+    token: str
+    job_id: str
+    dest: Destination
+    #: the job's options without key-encryption keys (a worker gets content keys only)
+    options: CopyOptions
+    #: the credential environment of the driver (connection string, account key): workers
+    #: resolve the same credential. Secret: repr=False, never logged
+    env: dict[str, str] = field(repr=False)
+
+    @property
+    def topic(self) -> str:
+        return f"pyengine-{self.token}"
+
+
+@dataclass
+class WorkItem:
+    """One file version to read, send and commit, as the driver decided it."""
+
+    src: SourceFile
+    record: FileRecord
+    chunk_bytes: int
+    single_put: bool
+    content_key: bytes | None = field(repr=False)
+    encryptiondata: str | None
+    resumable: set[int]
+    #: the commit's precondition (If-Match / If-None-Match) when the file is sent again after
+    #: its worker died: that worker's commit may still land, and then this one must not
+    commit_if: dict[str, str] | None = None
+
+    @classmethod
+    def from_task(cls, task: FileTask, commit_if: dict[str, str] | None = None) -> WorkItem:
+        record = task.record
+        # only the acknowledgements of blocks it may resume: their digests are compared with
+        # the re-read bytes (send.matches_journal)
+        acked = {i: a for i, a in (record.acked_blocks or {}).items() if i in task.resumable}
+        slim = FileRecord(**{**record.__dict__, "acked_blocks": acked})
+        return cls(
+            src=task.src,
+            record=slim,
+            chunk_bytes=task.chunk_bytes,
+            single_put=task.single_put,
+            content_key=task.content_key,
+            encryptiondata=task.encryptiondata,
+            resumable=set(task.resumable),
+            commit_if=commit_if,
+        )
+
+    def to_task(self) -> FileTask:
+        return FileTask(
+            src=self.src,
+            record=self.record,
+            chunk_bytes=self.chunk_bytes,
+            single_put=self.single_put,
+            content_key=self.content_key,
+            encryptiondata=self.encryptiondata,
+            resumable=set(self.resumable),
+        )
+
+
+@dataclass(frozen=True)
+class Shard:
+    #: the Dask key of the shard's task: one per submission, so a retry is a new task
+    key: str
+    items: list[WorkItem]
+
+
+def file_result(
+    file_id: int,
+    status: str,
+    *,
+    reason: str | None = None,
+    etag: str | None = None,
+    blake3_hex: str | None = None,
+    acks: list[tuple[int, int, int, bytes]] | None = None,
+    blocks_resumed: int = 0,
+) -> dict[str, Any]:
+    """A file's result: status "copied" | "failed" | "changed" | "foreign" (the driver reads it
+    again or discards another tool's blocks, as in one process) | "lost" (its worker died or
+    its shard failed: the driver retries it from its journal). ``acks`` are the blocks this
+    attempt had acknowledged, so the driver journals every one even if an event was late."""
+    return {
+        "file_id": file_id,
+        "status": status,
+        "reason": reason,
+        "etag": etag,
+        "blake3_hex": blake3_hex,
+        "acks": acks or [],
+        "blocks_resumed": blocks_resumed,
+    }
+
+
+def ack_of(event: tuple[Any, ...]) -> tuple[int, BlockAck]:
+    """The journal's view of an "ack" event or result entry (index, BlockAck)."""
+    index, length_bytes, crc64, xxh3_128 = event[-4:]
+    return index, BlockAck(
+        index=index, length_bytes=length_bytes, crc64=crc64, xxh3_128=bytes(xxh3_128)
+    )

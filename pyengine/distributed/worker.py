@@ -1,0 +1,330 @@
+"""A Dask worker's side of a distributed copy: one engine per worker process and job.
+
+The engine is the in-process one minus its bookkeeping: a native pipeline (threads and
+memory_cap_bytes are per worker), the job's target, and send.py's Sender, which reads, sends
+and commits each file under the same ordering rules as in one process. What the Sender would
+journal goes back to the driver instead (RelayJournal: acks, commit points), in event batches
+on Dask's event log, and each file's result goes back twice: as an event (the driver counts it
+at once) and in the shard's return value (the record of what the shard did).
+
+A shard runs once: Dask re-runs a task whose worker died, with the arguments it was first given,
+and those name blocks to resume as they were then. run_shard refuses such a re-run (StaleShard),
+and the driver submits the shard anew, built from its journal as it is now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from pyengine import _core
+from pyengine.distributed.shard import SetUp, Shard, WorkItem, file_result
+from pyengine.engine import metadata_names as mn
+from pyengine.engine.context import FileTask, JobContext
+from pyengine.engine.metadata_names import meta_get
+from pyengine.engine.scan import display_path
+from pyengine.engine.send import Sender
+from pyengine.engine.taskowner import TaskOwner
+from pyengine.errors import PyEngineError
+from pyengine.targets.auth import redact, resolve_credential
+from pyengine.targets.open import open_target
+from pyengine.targets.profile import choose_profile
+
+log = logging.getLogger("pyengine")
+
+#: events sent in one batch at most; a batch also leaves every EVENT_FLUSH_S and before a commit
+EVENT_BATCH = 256
+EVENT_FLUSH_S = 0.05
+
+_ENGINES: dict[str, WorkerEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+class StaleShard(RuntimeError):
+    """Dask re-ran a shard after its worker died: the driver builds it anew from its journal."""
+
+
+def run_shard(setup: SetUp, shard: Shard) -> list[dict[str, Any]]:
+    """The Dask task: sends a shard's files on this process's engine; their results."""
+    from distributed import get_client, get_worker
+
+    worker = get_worker()
+    client = get_client()
+    # scheduler metadata marks a shard as started: a second start is Dask's own retry
+    seen_key = [f"pyengine-{setup.token}", shard.key]
+    if client.get_metadata(seen_key, default=None) is not None:
+        raise StaleShard(f"shard {shard.key} was started before (its worker died)")
+    client.set_metadata(seen_key, 1)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(setup.token)
+        if engine is None or engine.broken:
+            engine = _ENGINES[setup.token] = WorkerEngine(setup, worker)
+    return engine.run(shard)
+
+
+def warm_up() -> int:
+    """Client.run on every worker before a job: the engine's imports (aiohttp, the native core,
+    the SDK's pieces) are paid while the cluster starts, not by the first shard. The pid."""
+    import pyengine.engine.job  # noqa: F401  (the modules a shard needs, loaded once)
+
+    return os.getpid()
+
+
+def close_engine(token: str) -> dict[str, float] | None:
+    """Closes this process's engine of a job (Client.run at the job's end): its target's
+    retry figures, or None when this process had none."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.pop(token, None)
+    return engine.close() if engine is not None else None
+
+
+@dataclass
+class _FileState:
+    rel_path: str
+    acks: list[tuple[int, int, int, bytes]] = field(default_factory=list)
+    #: (status, reason, etag, blake3_hex) once the Sender counted the file
+    outcome: tuple[str, str | None, str | None, str | None] | None = None
+
+
+class RelayJournal:
+    """What the Sender journals, relayed to the driver's journal as events."""
+
+    def __init__(self, engine: WorkerEngine) -> None:
+        self.engine = engine
+
+    def mark_uploading(self, file_id: int) -> None:
+        pass  # the driver marked it when it submitted the file
+
+    def ack_block(
+        self, file_id: int, index: int, *, length_bytes: int, crc64: int, xxh3_128: bytes
+    ) -> None:
+        ack = (index, length_bytes, crc64, bytes(xxh3_128))
+        state = self.engine.files.get(file_id)
+        if state is not None:
+            state.acks.append(ack)
+        self.engine.event(("ack", file_id, *ack))
+
+    def mark_committing(self, file_id: int, *, flush: bool = True) -> None:
+        self.engine.event(("committing", file_id))
+
+    async def aflush(self) -> None:
+        # before a commit request: the driver hears of the acks and the commit point first (it
+        # does not wait for them to be durable: a commit the driver never heard of is found by
+        # its upload id in the blob's metadata, as after a kill in one process)
+        self.engine.flush_events()
+
+
+class RelayContext(JobContext):
+    """The Sender's context in a worker: outcomes and progress go to the engine's files."""
+
+    engine: WorkerEngine | None = None
+
+    def emit(self, kind: str, path: str | None = None, **kw: Any) -> None:
+        engine = self.engine
+        if kind == "progress" and engine is not None and path is not None:
+            file_id = engine.by_path.get(path)
+            if file_id is not None:
+                engine.event(("progress", file_id, int(kw.get("bytes") or 0)))
+
+    async def outcome(self, rel_path: str, status: str, **kw: Any) -> None:  # type: ignore[override]
+        engine, record = self.engine, kw.get("record")
+        if engine is None or record is None:
+            return
+        state = engine.files.get(record.file_id)
+        if state is not None:
+            state.outcome = (status, kw.get("reason"), kw.get("etag"), kw.get("blake3_hex"))
+
+
+class WorkerSender(Sender):
+    """send.py's Sender, whose commit of a file sent again after a lost worker is conditional
+    (WorkItem.commit_if): refused because the lost worker's commit landed meanwhile, the
+    file counts as committed by it when the blob holds this version's upload id."""
+
+    commit_if: dict[int, dict[str, str]]
+
+    def blob_properties(
+        self, task: FileTask
+    ) -> tuple[str | None, dict[str, str] | None, dict[str, str]]:
+        tier, tags, headers = super().blob_properties(task)
+        condition = self.commit_if.get(task.record.file_id)
+        if condition:
+            headers = {**headers, **condition}  # lowercase: the SharedKey signer reads them so
+        return tier, tags, headers
+
+    async def commit(self, task: FileTask) -> str:
+        try:
+            return await super().commit(task)
+        except PyEngineError:
+            if not self.commit_if.get(task.record.file_id) or self.ctx.store is None:
+                raise
+            props = await self.ctx.store.get_properties(task.record.blob_name)
+            ours = props is not None and (
+                meta_get(props.metadata, mn.UPLOAD_ID) == task.record.upload_id
+            )
+            if props is None or not ours:
+                raise
+            return props.etag
+
+
+class WorkerEngine:
+    """A job's engine in one worker process: an event loop in a thread of its own, opened once
+    and kept for the job's shards."""
+
+    def __init__(self, setup: SetUp, worker: Any) -> None:
+        self.setup = setup
+        self.worker = worker
+        self.broken = False
+        self.files: dict[int, _FileState] = {}
+        self.by_path: dict[str, int] = {}
+        self._events: list[tuple[Any, ...]] = []
+        self._stats: dict[str, float] = {}
+        self._shard_tasks: set[asyncio.Task[Any]] = set()
+        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._main, name="pyengine-worker", daemon=True)
+        self._thread.start()
+        self._ready.result()  # raises what stopped the engine from opening
+
+    # --- the engine's lifetime -------------------------------------------------------------
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._serve())
+        except BaseException as e:
+            if not self._ready.done():
+                self._ready.set_exception(e)
+            else:
+                log.warning("pyengine worker engine stopped: %s", redact(str(e)))
+        finally:
+            self.broken = True
+            self.loop.close()
+
+    async def _serve(self) -> None:
+        setup, opts = self.setup, self.setup.options
+        self._stop = asyncio.Event()
+        env = {**os.environ, **setup.env}
+        credential = resolve_credential(setup.dest, opts.connection_string, env)
+        profile = choose_profile(opts.target, urlsplit(setup.dest.account_url).hostname or "")
+        async with open_target(setup.dest, credential, opts, profile=profile) as target:
+            with _core.Pipeline(opts.threads, opts.memory_cap_bytes, opts.direct_io) as pipeline:
+                ctx = RelayContext(source="", dest=setup.dest, options=opts, on_event=None)
+                ctx.engine = self
+                ctx.store = target
+                ctx.journal = RelayJournal(self)  # type: ignore[assignment]
+                ctx.report.job_id = setup.job_id
+                self.sender = WorkerSender(ctx)
+                self.sender.commit_if = {}
+                self.sender.pipeline = pipeline
+                self.sender.profile = profile
+                self._window = asyncio.Semaphore(max(8, opts.max_concurrency * 2))
+                self.loop.add_reader(pipeline.fileno(), self.sender.on_pipeline_ready)
+                try:
+                    async with TaskOwner() as owner:
+                        ctx.owner = self.owner = owner
+                        flusher = owner.spawn(self._flush_periodically())
+                        self._ready.set_result(None)
+                        await self._stop.wait()
+                        flusher.cancel()
+                finally:
+                    ctx.owner = None
+                    self.loop.remove_reader(pipeline.fileno())
+                    self.flush_events()
+            stats = target.stats
+            self._stats = {
+                "retries": stats.retries,
+                "throttled_s": stats.throttled_s,
+                "stalls": stats.stalls,
+            }
+
+    def run(self, shard: Shard) -> list[dict[str, Any]]:
+        """Runs a shard on the engine's loop (from the Dask task's thread) and waits for it."""
+        return asyncio.run_coroutine_threadsafe(self._spawn(shard), self.loop).result()
+
+    def close(self) -> dict[str, float]:
+        """Ends the engine: shards still running (a stopped job) are cancelled."""
+        if not self.broken:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self.loop.call_soon_threadsafe(self._cancel_shards_and_stop)
+        self._thread.join(timeout=60)
+        return self._stats
+
+    # --- shards and files ------------------------------------------------------------------
+
+    def _cancel_shards_and_stop(self) -> None:
+        for t in list(self._shard_tasks):
+            t.cancel()
+        self._stop.set()
+
+    async def _spawn(self, shard: Shard) -> list[dict[str, Any]]:
+        # owned like every task of the engine: a failure of the engine ends the shard too
+        t = self.owner.spawn(self._run_shard(shard), name=shard.key)
+        self._shard_tasks.add(t)
+        t.add_done_callback(self._shard_tasks.discard)
+        return await t
+
+    async def _run_shard(self, shard: Shard) -> list[dict[str, Any]]:
+        results = await asyncio.gather(*(self._one(item) for item in shard.items))
+        self.flush_events()
+        return list(results)
+
+    async def _one(self, item: WorkItem) -> dict[str, Any]:
+        async with self._window:
+            task = item.to_task()
+            file_id, rel_path = item.record.file_id, item.src.rel_path
+            state = self.files[file_id] = _FileState(rel_path)
+            self.by_path[rel_path] = file_id
+            if item.commit_if:
+                self.sender.commit_if[file_id] = item.commit_if
+            reason: str | None = None
+            try:
+                then = await self.sender._send_version(task)
+            except PyEngineError as e:  # as copy_file: this file fails, the shard goes on
+                then, reason = "failed", e.reason
+            except (OSError, ValueError, RuntimeError) as e:
+                log.debug("unexpected error on %s", display_path(rel_path), exc_info=True)
+                then, reason = "failed", f"unexpected error: {type(e).__name__}: {redact(str(e))}"
+            finally:
+                self.files.pop(file_id, None)
+                self.by_path.pop(rel_path, None)
+                self.sender.commit_if.pop(file_id, None)
+            etag = blake3_hex = None
+            if then is None and state.outcome is not None:
+                then, reason, etag, blake3_hex = state.outcome
+            result = file_result(
+                file_id,
+                then or "failed",
+                reason=reason,
+                etag=etag,
+                blake3_hex=blake3_hex,
+                acks=state.acks,
+                blocks_resumed=max(0, len(task.acked) - len(state.acks)),
+            )
+            self.event(("done", file_id, result))
+            return result
+
+    # --- events to the driver --------------------------------------------------------------
+
+    def event(self, event: tuple[Any, ...]) -> None:
+        self._events.append(event)
+        if len(self._events) >= EVENT_BATCH:
+            self.flush_events()
+
+    def flush_events(self) -> None:
+        if not self._events:
+            return
+        batch, self._events = self._events, []
+        # the worker sends it from its own loop (log_event is thread-safe)
+        self.worker.log_event(self.setup.topic, batch)
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(EVENT_FLUSH_S)
+            self.flush_events()

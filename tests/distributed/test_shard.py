@@ -1,0 +1,71 @@
+"""What travels to a worker (pyengine.distributed.shard) and the flags that ask for a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from cli_harness import assert_one_line_error
+from cli_harness import pyengine as run_cli
+
+import pyengine
+from pyengine import CopyOptions
+from pyengine.distributed.shard import WorkItem, ack_of, file_result
+from pyengine.engine.context import FileTask
+from pyengine.engine.scan import SourceFile
+from pyengine.errors import ConfigError
+from pyengine.state.records import BlockAck, FileRecord
+
+
+def _task(acked: dict[int, BlockAck], resumable: set[int]) -> FileTask:
+    src = SourceFile("/s/a.dcm", "a.dcm", 3 << 20, 1, 2, 3, 4)
+    record = FileRecord(
+        file_id=7, job_id="j", rel_path="a.dcm", size_bytes=3 << 20, mtime_ns=1, inode=2,
+        device=3, blob_name="p/a.dcm", upload_id="u" * 32, block_bytes=1 << 20, encrypted=False,
+        state="uploading", acked_blocks=acked, ctime_ns=4,
+    )  # fmt: skip
+    return FileTask(src, record, 1 << 20, False, None, None, resumable=resumable)
+
+
+def test_work_item_carries_only_the_acks_of_blocks_it_may_resume() -> None:
+    acks = {i: BlockAck(i, 1 << 20, i, bytes(16)) for i in range(3)}
+    task = _task(acks, resumable={0, 2})
+    item = WorkItem.from_task(task)
+    assert set(item.record.acked_blocks or {}) == {0, 2}
+    assert set(task.record.acked_blocks or {}) == {0, 1, 2}  # the driver's record untouched
+    again = item.to_task()
+    assert again.resumable == {0, 2} and again.acked == set()
+    assert again.record.upload_id == task.record.upload_id
+
+
+def test_work_item_repr_shows_no_content_key() -> None:
+    task = _task({}, set())
+    task.content_key = b"K" * 32
+    assert "KKKK" not in repr(WorkItem.from_task(task))
+
+
+def test_ack_events_and_results_read_back_as_journal_acks() -> None:
+    event = ("ack", 7, 3, 1 << 20, 99, b"x" * 16)
+    assert ack_of(event) == (3, BlockAck(3, 1 << 20, 99, b"x" * 16))
+    result = file_result(7, "lost", reason="KilledWorker")
+    assert result["status"] == "lost" and result["acks"] == [] and result["blocks_resumed"] == 0
+
+
+def test_workers_and_scheduler_together_are_a_usage_error(tmp_path: Path) -> None:
+    proc = run_cli(
+        "copy", str(tmp_path), "http://127.0.0.1:1/acct/c", "--workers", "2",
+        "--scheduler", "tcp://127.0.0.1:1",
+    )  # fmt: skip
+    assert_one_line_error(proc, 2, "--workers", "not with --scheduler")
+
+
+def test_workers_below_one_is_a_usage_error(tmp_path: Path) -> None:
+    proc = run_cli("copy", str(tmp_path), "http://127.0.0.1:1/acct/c", "--workers", "0")
+    assert_one_line_error(proc, 2, "--workers", "at least 1")
+
+
+def test_a_policy_copy_refuses_workers(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        asyncio.run(pyengine.copy(tmp_path, options=CopyOptions(workers=2), policy=object()))  # type: ignore[arg-type]
+    assert e.value.subject == "--workers"

@@ -1,0 +1,392 @@
+"""Scale-out on Dask (issue 13): a job whose files are sent by Dask worker processes, against the
+real Azurite; every blob read back with the official SDK, the journal and the summary exact.
+
+One LocalCluster of two worker processes is shared by the module (it starts in a few seconds)
+and reached through ``scheduler=`` (the --scheduler path); the --workers path (an embedded
+LocalCluster) runs once through the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import blake3
+import pytest
+from azure.storage.blob import ContainerClient
+
+import pyengine
+from pyengine import CopyOptions, CopyReport, Event, LocalKeyWrapper
+from pyengine.options import MiB
+from pyengine.state.journal import Journal
+
+pytestmark = pytest.mark.integration
+
+KiB = 1024
+
+
+def content(size_bytes: int, seed: int) -> bytes:
+    period = bytes(range(251))
+    reps = (size_bytes + seed) // 251 + 1
+    return (period * reps)[seed % 251 : seed % 251 + size_bytes]
+
+
+def make_tree(root: Path, sizes: dict[str, int]) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for seed, (rel, size_bytes) in enumerate(sorted(sizes.items())):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = content(size_bytes, seed)
+        path.write_bytes(data)
+        files[rel] = data
+    return files
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """Two worker processes, one thread each; the test's own (synchronous) client."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            memory_limit=0,
+            silence_logs=logging.ERROR,
+        ) as local,
+        Client(local) as client,
+    ):
+        yield client
+
+
+def options(azurite: Any, tmp_path: Path, **kw: Any) -> CopyOptions:
+    base: dict[str, Any] = {
+        "threads": 2,
+        "memory_cap_bytes": 32 * MiB,
+        "connection_string": azurite.connection_string,
+        "journal_path": str(tmp_path / "journal.sqlite"),
+        "block_bytes": 1 * MiB,
+        "single_put_max_bytes": 1 * MiB,
+    }
+    base.update(kw)
+    return CopyOptions(**base)
+
+
+def blocks_of(files: dict[str, bytes], block_bytes: int = MiB, single_max: int = MiB) -> int:
+    return sum(-(-len(d) // block_bytes) for d in files.values() if len(d) > single_max)
+
+
+def assert_destination_holds(azurite: Any, container_url: str, files: dict[str, bytes]) -> None:
+    name = container_url.rstrip("/").rsplit("/", 1)[1]
+    with ContainerClient.from_connection_string(azurite.connection_string, name) as cc:
+        blobs = {b.name: b for b in cc.list_blobs(include=["metadata"])}
+        assert sorted(blobs) == sorted(files)
+        for rel, data in files.items():
+            got = cc.download_blob(rel).readall()
+            assert got == data, rel
+            assert blobs[rel].metadata["pyengineblake3"] == blake3.blake3(data).hexdigest()
+
+
+def journal_states(journal_path: str, job_id: str) -> Counter[str]:
+    with Journal.open_existing(journal_path) as journal:
+        return Counter(r.state for r in journal.iter_files(job_id))
+
+
+def test_two_workers_copy_every_file_with_an_exact_summary(
+    azurite, container, cluster, tmp_path: Path
+) -> None:
+    sizes = {f"study/{i:02d}.dcm": 3 * KiB + i for i in range(30)}
+    sizes.update({f"big/{i}.bin": 3 * MiB + 17 * i for i in range(4)})
+    sizes["empty.dcm"] = 0
+    files = make_tree(tmp_path / "src", sizes)
+    opts = options(azurite, tmp_path, scheduler=cluster.scheduler.address)
+    events: list[Event] = []
+    report = asyncio.run(pyengine.copy(tmp_path / "src", container, opts, on_event=events.append))
+
+    assert report.ok, report.failures
+    assert report.files_copied == len(files) and report.files_failed == 0
+    assert report.bytes_copied == sum(len(d) for d in files.values())
+    assert report.blocks_sent == blocks_of(files) and report.blocks_resumed == 0
+    assert_destination_holds(azurite, container, files)
+    assert journal_states(opts.journal_path, report.job_id) == {"committed": len(files)}
+    copied = [e for e in events if e.kind == "file_copied"]
+    assert len(copied) == len(files)
+    # progress aggregated across the workers: every byte of every file, once
+    assert sum(e.bytes or 0 for e in events if e.kind == "progress") == report.bytes_copied
+    manifest = Path(report.manifest_path).read_text().splitlines()
+    assert len(manifest) == len(files)
+    # the shards really went to both workers
+    assert len(cluster.run(lambda: 1)) == 2
+
+
+def commits_by_blob(forwarded: list[list[Any]]) -> dict[str, list[tuple[int | None, bool]]]:
+    """Put Blob and Put Block List requests whose body reached the service, by blob name, in
+    order: (status, None when no answer came back; whether it carried a precondition)."""
+    commits: dict[str, list[tuple[int | None, bool]]] = {}
+    for method, path_qs, status, headers in forwarded:
+        parts = urlsplit(path_qs)
+        query = parse_qs(parts.query)
+        is_commit = query.get("comp") == ["blocklist"] or (method == "PUT" and not query)
+        if method == "PUT" and is_commit:
+            conditional = "if-match" in headers or "if-none-match" in headers
+            commits.setdefault(parts.path.split("/", 3)[3], []).append((status, conditional))
+    return commits
+
+
+def assert_committed_once(forwarded: list[list[Any]], names: Iterable[str]) -> None:
+    """Each blob was committed once: one commit accepted (2xx), or one sent by a worker that
+    died waiting for the answer (it may have landed); every commit after that one carried a
+    precondition (If-Match / If-None-Match), so it could not land on top of it."""
+    commits = commits_by_blob(forwarded)
+    assert sorted(commits) == sorted(names)
+    for name, tries in commits.items():
+        may_have_landed = [i for i, (status, _) in enumerate(tries) if status is None]
+        accepted = [i for i, (status, _) in enumerate(tries) if status and 200 <= status < 300]
+        assert len(accepted) <= 1, (name, tries)
+        assert accepted or may_have_landed, (name, tries)
+        if may_have_landed:
+            later = tries[may_have_landed[0] + 1 :]
+            assert all(conditional for _, conditional in later), (name, tries)
+
+
+def kill_senders_at_first_block(cluster: Any, killed: list[str]) -> Any:
+    """An event listener that SIGKILLs every worker running a shard once the first block of a
+    large file (big/...) is journaled; the killed workers' addresses go into ``killed``."""
+    cluster.wait_for_workers(2)
+    pids = cluster.run(os.getpid)
+
+    def on_event(e: Event) -> None:
+        if e.kind == "progress" and (e.path or "").startswith("big/") and not killed:
+            for addr, keys in cluster.processing().items():
+                if keys and addr in pids:
+                    os.kill(pids[addr], signal.SIGKILL)
+                    killed.append(addr)
+
+    return on_event
+
+
+def test_killed_worker_shard_is_retried_and_every_blob_committed_once(
+    azurite, container, cluster, fault_proxy, tmp_path: Path
+) -> None:
+    sizes = {f"big/{i}.bin": 4 * MiB + i for i in range(4)}
+    sizes.update({f"small/{i:02d}.dcm": 2 * KiB + i for i in range(12)})
+    files = make_tree(tmp_path / "src", sizes)
+    killed: list[str] = []
+    on_event = kill_senders_at_first_block(cluster, killed)
+    fault_proxy.recording = True
+    # 5 MB/s per worker: the 16 MiB of large files are still in flight when the kill comes
+    opts = options(azurite, tmp_path, scheduler=cluster.scheduler.address, cap_mbps=40)
+    report = asyncio.run(
+        pyengine.copy(tmp_path / "src", fault_proxy.url(container), opts, on_event=on_event)
+    )
+
+    assert killed, "no worker was sending when the first block was acknowledged"
+    assert report.ok, report.failures
+    assert report.files_copied == len(files) and report.files_failed == 0
+    # blocks the journal held acknowledged were resumed by the retry, not sent again
+    assert report.blocks_resumed >= 1
+    assert_committed_once(fault_proxy.forwarded, files)
+    assert_destination_holds(azurite, container, files)
+    assert journal_states(opts.journal_path, report.job_id) == {"committed": len(files)}
+    verified = subprocess.run(
+        [sys.executable, "-m", "pyengine", "verify", report.job_id, "--journal",
+         opts.journal_path, "--connection-string", azurite.connection_string, "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_workers_flag_runs_an_embedded_cluster_with_clean_json_output(
+    azurite, container, tmp_path: Path
+) -> None:
+    files = make_tree(tmp_path / "src", {f"s/{i}.dcm": 1500 + i for i in range(6)})
+    env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    done = subprocess.run(
+        [sys.executable, "-m", "pyengine", "copy", str(tmp_path / "src"), container,
+         "--workers", "2", "--threads", "1", "--json",
+         "--journal", str(tmp_path / "j.sqlite")],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]  # JSON only: no Dask noise
+    assert "distributed." not in done.stderr  # nor Dask's log lines on stderr
+    summary = [x for x in lines if x.get("kind") == "job_finished" or "files_copied" in x][-1]
+    assert summary["files_copied"] == len(files)
+    assert_destination_holds(azurite, container, files)
+
+
+def _interrupt_after_first_copy(src: Path, dest: str, opts: CopyOptions) -> CopyReport | None:
+    """Runs a job and cancels it (as SIGINT does) once its first large file is committed."""
+
+    async def main() -> None:
+        task: asyncio.Task[Any] | None = None
+
+        def on_event(e: Event) -> None:
+            if e.kind == "file_copied" and (e.path or "").startswith("big/") and task:
+                task.cancel()
+
+        task = asyncio.ensure_future(pyengine.copy(src, dest, opts, on_event=on_event))
+        await task
+
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        return None
+    pytest.fail("the job ended before it could be interrupted")
+
+
+@pytest.mark.parametrize("first", ["distributed", "single"])
+def test_interrupted_job_resumes_in_the_other_mode(
+    azurite, container, cluster, tmp_path: Path, first: str
+) -> None:
+    sizes = {f"big/{i}.bin": 3 * MiB + i for i in range(4)}
+    sizes.update({f"small/{i:02d}.dcm": 1 * KiB + i for i in range(8)})
+    files = make_tree(tmp_path / "src", sizes)
+    cluster.wait_for_workers(2)
+    distributed = {"scheduler": cluster.scheduler.address}
+    modes = [distributed, {}] if first == "distributed" else [{}, distributed]
+    # throttled so the first run is still sending when it is interrupted
+    opts1 = options(azurite, tmp_path, cap_mbps=40, **modes[0])
+    assert _interrupt_after_first_copy(tmp_path / "src", container, opts1) is None
+    with Journal.open_existing(opts1.journal_path) as journal:
+        (job,) = journal.list_jobs()
+        assert job.status == "interrupted"
+        done_before = Counter(r.state for r in journal.iter_files(job.job_id))["committed"]
+    assert done_before >= 1
+
+    opts2 = options(azurite, tmp_path, **modes[1])
+    report = asyncio.run(pyengine.copy(tmp_path / "src", container, opts2))
+    assert report.ok, report.failures
+    assert report.job_id == job.job_id  # the same job, resumed
+    assert report.files_copied == len(files)  # the summary covers the whole source
+    assert report.blocks_sent < blocks_of(files)  # what the first run sent was not sent again
+    assert_destination_holds(azurite, container, files)
+    assert journal_states(opts2.journal_path, report.job_id) == {"committed": len(files)}
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return "?"
+
+
+def test_sigint_stops_a_workers_copy_resumably_and_leaves_no_worker(
+    azurite, container, tmp_path: Path
+) -> None:
+    make_tree(tmp_path / "src", {f"big/{i}.bin": 3 * MiB + i for i in range(3)})
+    env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    journal = str(tmp_path / "j.sqlite")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyengine", "copy", str(tmp_path / "src"), container,
+         "--workers", "1", "--threads", "1", "--json", "--journal", journal,
+         "--block-size", "1", "--cap-mbps", "16"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    workers: list[int] = []
+    for line in proc.stdout:  # the first block acknowledged: a worker is sending
+        if json.loads(line).get("kind") == "progress":
+            workers = _children(proc.pid)
+            break
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(timeout=60)
+    assert rc == 130, proc.stderr.read() if proc.stderr else ""
+    assert workers, "the LocalCluster's processes were not found"
+    deadline = time.monotonic() + 10  # a multiprocessing resource tracker exits right after
+    while (alive := [p for p in workers if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"processes left behind: {[_cmdline(p) for p in alive]}"
+    with Journal.open_existing(journal) as j:
+        (job,) = j.list_jobs()
+        assert job.status == "interrupted"
+
+
+def test_encrypted_copy_with_a_killed_worker_decrypts_with_the_sdk(
+    azurite, container, cluster, sdk_blob, tmp_path: Path
+) -> None:
+    sizes = {f"big/{i}.bin": 12 * MiB + i for i in range(2)}
+    sizes.update({f"small/{i}.dcm": 5 * KiB + i for i in range(6)})
+    files = make_tree(tmp_path / "src", sizes)
+    key = os.urandom(32)
+    killed: list[str] = []
+    opts = options(
+        azurite,
+        tmp_path,
+        scheduler=cluster.scheduler.address,
+        encrypt=True,
+        kek=LocalKeyWrapper(key),
+        block_bytes=4 * MiB,
+        cap_mbps=60,
+    )
+    report = asyncio.run(
+        pyengine.copy(
+            tmp_path / "src", container, opts, on_event=kill_senders_at_first_block(cluster, killed)
+        )
+    )
+    assert killed
+    assert report.ok, report.failures
+    assert report.files_copied == len(files)
+    # resumed under the journaled content key, after the driver's check pass of staged blocks
+    assert report.blocks_resumed >= 1
+    for rel, data in files.items():  # the content keys that travelled to the workers
+        with sdk_blob(container, rel, key) as bc:
+            assert bc.download_blob().readall() == data, rel
+
+
+def test_dask_scheduler_address_env_sends_the_files_from_that_cluster(
+    azurite, container, cluster, tmp_path: Path
+) -> None:
+    files = make_tree(tmp_path / "src", {f"s/{i}.dcm": 700 + i for i in range(5)})
+    env = {
+        **os.environ,
+        "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
+        "DASK_SCHEDULER_ADDRESS": cluster.scheduler.address,
+    }
+    before = set(cluster.get_events())
+    done = subprocess.run(
+        [sys.executable, "-m", "pyengine", "copy", str(tmp_path / "src"), container,
+         "--json", "--journal", str(tmp_path / "j.sqlite")],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # the cluster's scheduler saw a new job's event topic: its workers sent the files
+    assert [t for t in set(cluster.get_events()) - before if t.startswith("pyengine-")]
+    assert_destination_holds(azurite, container, files)
