@@ -28,9 +28,9 @@ from pyengine import _core
 from pyengine.engine.context import EventCallback, JobContext
 from pyengine.engine.decide import Decider, check_same_encryption
 from pyengine.engine.delta import UNKNOWN, ListingJoin, listed_unchanged
-from pyengine.engine.dryrun import DryRunDecider, dry_run, plan_file
+from pyengine.engine.dryrun import DryRunDecider, dry_run
 from pyengine.engine.mirror import DeletionPass
-from pyengine.engine.plan import blob_name, read_plan
+from pyengine.engine.one_file import FileSteps
 from pyengine.engine.report import CopyReport
 from pyengine.engine.scan import ScanProblem, SourceFile, display_path, scan
 from pyengine.engine.send import Routing, Sender
@@ -38,8 +38,6 @@ from pyengine.engine.taskowner import TaskOwner
 from pyengine.errors import (
     ConfigError,
     JournalError,
-    PyEngineError,
-    SourceError,
 )
 from pyengine.options import CopyOptions
 from pyengine.state.joblock import JobLock, job_lock_path
@@ -48,7 +46,7 @@ from pyengine.state.manifest import ManifestWriter, default_manifest_path
 from pyengine.state.pending import ensure_table, files_pending
 from pyengine.targets.azure_blob import Destination, redact, resolve_credential
 from pyengine.targets.base import Target
-from pyengine.targets.open import check_options, destination, is_share, name_limit, open_target
+from pyengine.targets.open import check_options, destination, is_share, open_target
 from pyengine.targets.profile import choose_profile
 
 if TYPE_CHECKING:
@@ -62,7 +60,7 @@ SCAN_BATCH = 256
 JOURNAL_FLUSH_S = 0.5
 
 
-class _Job:
+class _Job(FileSteps):
     def __init__(
         self,
         source: str,
@@ -387,109 +385,6 @@ class _Job:
         while self.ctx.journal is not None:
             await asyncio.sleep(JOURNAL_FLUSH_S)
             await self.ctx.journal.aflush()
-
-    # --- one file --------------------------------------------------------------------------
-
-    async def copy_file(self, src: SourceFile, *, listed: object = UNKNOWN) -> None:
-        """Plans, decides and sends one file; its outcome is counted exactly once. ``listed``:
-        its blob as the online delta listed it (engine/delta.py); UNKNOWN: HEAD it."""
-        ctx, opts = self.ctx, self.ctx.options
-        try:
-            # the destination's limits, checked before any byte of the file is sent
-            max_len = min(name_limit(ctx.dest), self.profile.max_name_chars)
-            name = blob_name(ctx.dest.prefix, src.rel_path, max_len=max_len)
-            chunk_bytes, single_put = read_plan(
-                src.size_bytes,
-                single_put_max_bytes=opts.single_put_max_bytes,
-                block_bytes=opts.block_bytes,
-                encrypt=opts.encrypt,
-                path=src.rel_path,
-                max_block_bytes=self.profile.max_block_bytes,
-                max_blob_bytes=self.profile.max_blob_bytes,
-            )
-        except SourceError as e:
-            await self.refuse(src.rel_path, e.reason, size_bytes=src.size_bytes)
-            return
-
-        if opts.dry_run:
-            await plan_file(ctx, self.decide, src, name)
-            return
-
-        assert ctx.journal is not None and ctx.store is not None
-        record = ctx.journal.begin_file(
-            ctx.report.job_id,
-            src.rel_path,
-            size_bytes=src.size_bytes,
-            mtime_ns=src.mtime_ns,
-            ctime_ns=src.ctime_ns,
-            inode=src.inode,
-            device=src.device,
-            blob_name=name,
-            block_bytes=chunk_bytes,
-            encrypted=opts.encrypt,
-        )
-        common = {
-            "size_bytes": src.size_bytes,
-            "mtime_ns": src.mtime_ns,
-            "blob": name,
-            "record": record,
-        }
-        if record.state in ("committed", "skipped"):
-            # done by an earlier run of this job: counted again so the summary covers the source
-            status = "copied" if record.state == "committed" else "skipped"
-            await ctx.outcome(
-                src.rel_path,
-                status,
-                etag=record.etag,
-                blake3_hex=record.blake3_hex,
-                reason=record.error,
-                **common,
-            )
-            return
-        try:
-            verdict = await self.decide.already_there(src, record, listed=listed)
-            if verdict is not None:
-                status, why, props, plain_hex = verdict
-                await ctx.outcome(
-                    src.rel_path,
-                    status,
-                    reason=why if status == "skipped" else None,
-                    etag=props.etag,
-                    blake3_hex=plain_hex,
-                    **common,
-                )
-                return
-            await self.sender.send_file(
-                src, record, chunk_bytes, single_put, prepare=self.decide.prepare
-            )
-        except PyEngineError as e:
-            await ctx.outcome(src.rel_path, "failed", reason=e.reason, **common)
-        except (OSError, ValueError, RuntimeError) as e:
-            # Not an anticipated failure: this file fails with one line, the job goes on, and
-            # the traceback goes to the log (-vv) for the bug report.
-            log.debug("unexpected error on %s", display_path(src.rel_path), exc_info=True)
-            reason = f"unexpected error: {type(e).__name__}: {redact(str(e))}"
-            await ctx.outcome(src.rel_path, "failed", reason=reason, **common)
-
-    async def refuse(self, rel_path: str, reason: str, *, size_bytes: int) -> None:
-        """A file that cannot be planned (the scan could not read it, its name is rejected or
-        taken by another file): failed once in the report, and journaled like any other
-        failure, so `jobs show` counts what the run's summary and manifest count."""
-        ctx = self.ctx
-        record = None
-        if ctx.journal is not None:
-            record = ctx.journal.begin_file(
-                ctx.report.job_id,
-                rel_path,
-                size_bytes=size_bytes,
-                mtime_ns=0,
-                inode=0,
-                device=0,
-                blob_name="",
-                block_bytes=0,
-                encrypted=ctx.options.encrypt,
-            )
-        await ctx.outcome(rel_path, "failed", size_bytes=size_bytes, reason=reason, record=record)
 
 
 async def _shielded(coro: Any) -> None:
