@@ -74,8 +74,40 @@ _SCHEMA_V1 = SCHEMA_V1
 _SQL_ACK = SQL_ACK
 
 
+class _BegunPaths:
+    """The paths begun so far in a job this journal created, as a Bloom filter: "certainly not
+    begun" lets :meth:`Journal.begin_file` skip its SELECT (21 of the 24 µs it cost a file of a
+    new job); "maybe" falls back to the SELECT, so a false positive costs time, never
+    correctness. Fixed size whatever the tree: 2**25 bits (4 MiB), two probes; about 0.4 % false
+    positives after a million paths, 20 % after ten million."""
+
+    __slots__ = ("_bits",)
+    BITS = 1 << 25
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self.BITS >> 3)
+
+    def add(self, rel_path: str) -> bool:
+        """Marks rel_path begun; True when it certainly was not before."""
+        mask = self.BITS - 1
+        h = hash(rel_path)  # str hashes are cached on the object: no work for the scan's path
+        a, b = h & mask, (h >> 32) & mask
+        bits = self._bits
+        bit_a, bit_b = 1 << (a & 7), 1 << (b & 7)
+        new = not (bits[a >> 3] & bit_a and bits[b >> 3] & bit_b)
+        bits[a >> 3] |= bit_a
+        bits[b >> 3] |= bit_b
+        return new
+
+
 class Journal(JournalQueries):
     """The job store. Open with :meth:`Journal.open`; use as a context manager or call close()."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: jobs created by this journal object, still running: no earlier run of them can have
+        #: journaled a file, so begin_file needs no SELECT for a path they have not begun
+        self._begun: dict[str, _BegunPaths] = {}
 
     # --- opening and closing ----------------------------------------------------------------
 
@@ -187,6 +219,7 @@ class Journal(JournalQueries):
                 if "UNIQUE" in str(e):
                     continue  # 1 in 65,536 within the same minute: draw again
                 raise
+            self._begun[job_id] = _BegunPaths()
             return job_id
         raise JournalError(self.path, "cannot allocate a job id")
 
@@ -196,6 +229,7 @@ class Journal(JournalQueries):
         if status not in JOB_STATES:
             raise ValueError(f"job status must be one of {', '.join(JOB_STATES)}: {status!r}")
         self.flush()
+        self._begun.pop(job_id, None)
         if not self._read("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)):
             raise JournalError(job_id, "no such job in the journal")
         self._write_now(
@@ -244,7 +278,11 @@ class Journal(JournalQueries):
         ``force_new`` starts a new version whatever the identity says (a file read again after a
         change: its earlier upload id and content key must not cover the new bytes).
         """
-        existing = self.file_record(job_id, rel_path)
+        begun = self._begun.get(job_id)
+        if begun is not None and begun.add(rel_path) and not force_new:
+            existing = None  # a job created by this run, a path it never began: no row to read
+        else:
+            existing = self.file_record(job_id, rel_path)
         if (
             not force_new
             and existing is not None

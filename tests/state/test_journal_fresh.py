@@ -1,0 +1,75 @@
+"""begin_file in a job created by this run: no SELECT for a path it has not begun (the per-file
+cost of a new job and of the online delta), and still one row per path when one is begun again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from journal_helpers import DEST, ack, begin, rows_seen_by_other_connection
+
+from pyengine.state import journal as journal_mod
+from pyengine.state.journal import Journal
+
+
+def _reads(j: Journal) -> list[str]:
+    seen: list[str] = []
+    j._rconn.set_trace_callback(seen.append)
+    return seen
+
+
+def test_begin_file_of_a_new_job_reads_nothing_from_the_journal(db_path: Path) -> None:
+    with Journal.open(db_path) as j:
+        job_id = j.create_job("/pacs", DEST, {})
+        reads = _reads(j)
+        for i in range(200):
+            rec = begin(j, job_id, f"s/{i}.dcm")
+            assert rec.previous_state is None and rec.state == "planned"
+        assert reads == []
+        j.flush()
+    assert rows_seen_by_other_connection(db_path, "SELECT count(*) FROM files") == 200
+
+
+def test_a_path_begun_again_in_a_new_job_replaces_its_older_version(db_path: Path) -> None:
+    with Journal.open(db_path) as j:
+        job_id = j.create_job("/pacs", DEST, {})
+        old = begin(j, job_id, "a.dcm", mtime_ns=1)
+        ack(j, old.file_id, 0)
+        same = begin(j, job_id, "a.dcm", mtime_ns=1)
+        assert same.upload_id == old.upload_id and list(same.acked_blocks) == [0]
+        new = begin(j, job_id, "a.dcm", mtime_ns=2)
+        assert new.previous_state == "changed" and new.acked_blocks == {}
+        forced = j.begin_file(
+            job_id, "a.dcm", size_bytes=100, mtime_ns=2, inode=42, device=7,
+            blob_name="pacs/a.dcm", block_bytes=8 << 20, encrypted=False, force_new=True,
+        )  # fmt: skip
+        assert forced.upload_id != new.upload_id and forced.previous_state == "changed"
+        j.flush()
+    assert rows_seen_by_other_connection(db_path, "SELECT count(*) FROM files") == 1
+    assert rows_seen_by_other_connection(db_path, "SELECT count(*) FROM blocks") == 0
+
+
+def test_false_positives_of_the_begun_filter_fall_back_to_the_select(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 64 bits for 300 paths: nearly every "new" path looks begun, so each takes the SELECT path
+    monkeypatch.setattr(journal_mod._BegunPaths, "BITS", 64)
+    with Journal.open(db_path) as j:
+        job_id = j.create_job("/pacs", DEST, {})
+        firsts = [begin(j, job_id, f"p/{i}", mtime_ns=1) for i in range(300)]
+        assert all(r.previous_state is None for r in firsts)
+        seconds = [begin(j, job_id, f"p/{i}", mtime_ns=2) for i in range(300)]
+        assert all(r.previous_state == "changed" for r in seconds)
+        j.flush()
+    assert rows_seen_by_other_connection(db_path, "SELECT count(*) FROM files") == 300
+
+
+def test_a_resumed_job_still_finds_what_its_earlier_run_journaled(db_path: Path) -> None:
+    with Journal.open(db_path) as j:
+        job_id = j.create_job("/pacs", DEST, {})
+        first = begin(j, job_id, "a.dcm")
+        ack(j, first.file_id, 0)
+        j.finish_job(job_id, "interrupted")
+    with Journal.open(db_path) as j:
+        again = begin(j, job_id, "a.dcm")
+        assert again.upload_id == first.upload_id and list(again.acked_blocks) == [0]
