@@ -73,3 +73,14 @@ def test_a_resumed_job_still_finds_what_its_earlier_run_journaled(db_path: Path)
     with Journal.open(db_path) as j:
         again = begin(j, job_id, "a.dcm")
         assert again.upload_id == first.upload_id and list(again.acked_blocks) == [0]
+
+
+def test_upload_ids_stay_distinct_hex_across_draws_of_randomness(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_mod, "UPLOAD_IDS_PER_DRAW", 2)
+    with Journal.open(db_path) as j:
+        job_id = j.create_job("/pacs", DEST, {})
+        ids = [begin(j, job_id, f"u/{i}").upload_id for i in range(7)]
+    assert len(set(ids)) == 7
+    assert all(len(u) == 32 and int(u, 16) >= 0 and u == u.lower() for u in ids)

@@ -81,3 +81,16 @@ def test_iso_utc_known_values() -> None:
     year_999_ns = -30_610_224_000 * 10**9 - 60 * 10**9 + 5 * 10**9
     assert iso_utc(year_999_ns) == _reference_iso(year_999_ns)
     assert iso_utc(year_999_ns).startswith("0999-12-31T23:59:05")
+
+
+_secretish = st.text(
+    st.sampled_from(list("sigSIG=:; \t\nabcdeknorstuyzAB\u212a\u017f\u0130'\"")), max_size=40
+) | st.sampled_from(["http://h/c/x?sig=abc", "Bearer tok", "SharedKey a:b", "authorization: x"])
+
+
+@given(_secretish)
+def test_a_url_passed_over_by_the_manifest_is_one_redact_leaves_unchanged(url: str) -> None:
+    from pyengine.state.manifest import _may_hold_secret
+
+    if not _may_hold_secret(url):
+        assert redact(url) == url
