@@ -27,6 +27,7 @@ was resumed.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -73,6 +74,12 @@ from pyengine.state.schema import (
 _SCHEMA_V1 = SCHEMA_V1
 _SQL_ACK = SQL_ACK
 
+
+#: where the state column sits among SQL_INSERT_FILE's parameters (etag, blake3_hex, error and
+#: updated_ns follow it; test_journal_fresh checks this against the schema)
+_INSERT_STATE = 11
+#: the few reasons a file is skipped ("up to date ..."), made one-line once each, not per file
+_skip_reason = functools.lru_cache(maxsize=256)(one_line)
 
 #: upload ids drawn from the OS at once (16 bytes each)
 UPLOAD_IDS_PER_DRAW = 4096
@@ -372,7 +379,15 @@ class Journal(JournalQueries):
         return self._load_blocks(file_id)
 
     def _set_state(self, file_id: int, state: str, error: str | None = None) -> None:
-        self._append(SQL_STATE, (state, error, time.time_ns(), file_id), file_id)
+        now_ns = time.time_ns()
+
+        def amend(params: tuple[Any, ...]) -> tuple[Any, ...]:
+            # the INSERT's state, error and updated_ns (schema.FILE_COLUMNS), as SQL_STATE sets
+            at = _INSERT_STATE
+            return (*params[:at], state, *params[at + 1 : at + 3], error, now_ns, *params[at + 5 :])
+
+        if not self._amend_last(SQL_INSERT_FILE, file_id, amend):
+            self._append(SQL_STATE, (state, error, now_ns, file_id), file_id)
 
     def set_encryption(self, file_id: int, encryptiondata: str) -> None:
         """Record the wrapped content key of an encrypted file version (before its first ack)."""
@@ -400,7 +415,7 @@ class Journal(JournalQueries):
         self._set_state(file_id, "failed", one_line(error))
 
     def mark_skipped(self, file_id: int, reason: str) -> None:
-        self._set_state(file_id, "skipped", one_line(reason))
+        self._set_state(file_id, "skipped", _skip_reason(reason))
 
 
 __all__ = [

@@ -84,3 +84,35 @@ def test_upload_ids_stay_distinct_hex_across_draws_of_randomness(
         ids = [begin(j, job_id, f"u/{i}").upload_id for i in range(7)]
     assert len(set(ids)) == 7
     assert all(len(u) == 32 and int(u, 16) >= 0 and u == u.lower() for u in ids)
+
+
+def test_a_file_begun_and_skipped_at_once_is_one_insert_with_the_skipped_state(
+    db_path: Path,
+) -> None:
+    from pyengine.state.schema import FILE_COLUMNS
+
+    columns = [c.strip() for c in FILE_COLUMNS.split(",")]
+    assert columns[journal_mod._INSERT_STATE : journal_mod._INSERT_STATE + 5] == [
+        "state", "etag", "blake3_hex", "error", "updated_ns",
+    ]  # fmt: skip
+    with Journal.open(db_path) as j:
+        job_id = j.create_job("/pacs", DEST, {})
+        rec = begin(j, job_id, "a.dcm")
+        j.mark_skipped(rec.file_id, "up to date\n(listed)")
+        other = begin(j, job_id, "b.dcm")
+        third = begin(j, job_id, "c.dcm")
+        j.mark_failed(other.file_id, "late: not the last operation")
+        assert j.pending_ops == 4  # three inserts, one update
+        j.mark_skipped(third.file_id, "up to date")  # its insert is no longer the last op
+        assert j.pending_ops == 5
+        fourth = begin(j, job_id, "d.dcm")
+        j.mark_skipped(fourth.file_id, "up to date")
+        assert j.pending_ops == 6
+        j.flush()
+        got = {r: j.file_record(job_id, r) for r in ("a.dcm", "b.dcm", "c.dcm", "d.dcm")}
+    assert {r: (g.state, g.error, g.upload_id) for r, g in got.items() if g} == {
+        "a.dcm": ("skipped", "up to date (listed)", rec.upload_id),
+        "b.dcm": ("failed", "late: not the last operation", other.upload_id),
+        "c.dcm": ("skipped", "up to date", third.upload_id),
+        "d.dcm": ("skipped", "up to date", fourth.upload_id),
+    }
