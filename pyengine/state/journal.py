@@ -391,7 +391,13 @@ class Journal(JournalQueries):
 
     def set_encryption(self, file_id: int, encryptiondata: str) -> None:
         """Record the wrapped content key of an encrypted file version (before its first ack)."""
-        self._append(SQL_ENCRYPTION, (encryptiondata, file_id), file_id)
+        at = _INSERT_STATE + 5  # encryptiondata, after updated_ns
+
+        def amend(params: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (*params[:at], encryptiondata, *params[at + 1 :])
+
+        if not self._amend_last(SQL_INSERT_FILE, file_id, amend):
+            self._append(SQL_ENCRYPTION, (encryptiondata, file_id), file_id)
 
     def mark_uploading(self, file_id: int) -> None:
         self._set_state(file_id, "uploading")

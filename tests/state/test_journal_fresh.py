@@ -92,8 +92,8 @@ def test_a_file_begun_and_skipped_at_once_is_one_insert_with_the_skipped_state(
     from pyengine.state.schema import FILE_COLUMNS
 
     columns = [c.strip() for c in FILE_COLUMNS.split(",")]
-    assert columns[journal_mod._INSERT_STATE : journal_mod._INSERT_STATE + 5] == [
-        "state", "etag", "blake3_hex", "error", "updated_ns",
+    assert columns[journal_mod._INSERT_STATE : journal_mod._INSERT_STATE + 6] == [
+        "state", "etag", "blake3_hex", "error", "updated_ns", "encryptiondata",
     ]  # fmt: skip
     with Journal.open(db_path) as j:
         job_id = j.create_job("/pacs", DEST, {})
@@ -116,3 +116,23 @@ def test_a_file_begun_and_skipped_at_once_is_one_insert_with_the_skipped_state(
         "c.dcm": ("skipped", "up to date", third.upload_id),
         "d.dcm": ("skipped", "up to date", fourth.upload_id),
     }
+
+
+def test_a_new_version_given_its_key_and_state_at_once_is_one_insert(db_path: Path) -> None:
+    with Journal.open(db_path) as j:
+        job_id = j.create_job("/pacs", DEST, {})
+        rec = begin(j, job_id, "a.dcm")
+        j.set_encryption(rec.file_id, '{"wrapped": 1}')
+        j.mark_uploading(rec.file_id)
+        assert j.pending_ops == 1
+        other = begin(j, job_id, "b.dcm")
+        j.set_encryption(rec.file_id, '{"wrapped": 2}')  # not the last op: an UPDATE
+        assert j.pending_ops == 3
+        j.flush()
+        got = j.file_record(job_id, "a.dcm")
+        assert got is not None and (got.state, got.encryptiondata) == (
+            "uploading",
+            '{"wrapped": 2}',
+        )
+        assert j.file_record(job_id, "b.dcm").encryptiondata is None  # type: ignore[union-attr]
+    assert other.state == "planned"
