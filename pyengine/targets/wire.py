@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
@@ -241,8 +242,113 @@ def block_list_body(block_ids: list[str]) -> bytes:
     return f'<?xml version="1.0" encoding="utf-8"?><BlockList>{xml}</BlockList>'.encode()
 
 
+# List Blobs pages read with str.find and small patterns rather than through ElementTree:
+# building the tree cost 20 µs a blob, most of the online delta's budget (bench delta: 50 µs a
+# file at 20,000 files/s). The service writes these pages in one fixed shape (XML-escaped text;
+# no CDATA, comment, DTD or attribute on Blob or Metadata); a page outside that shape is parsed
+# by ElementTree as before. (Patterns over the whole page are avoided: a lazy ".*?" or an
+# alternation costs Python's re several µs a blob.)
+_NAME_RE = re.compile(r"<Name(\s[^>]*)?>([^<]*)</Name\s*>|<Name(\s[^>]*)?/>")
+_LENGTH_RE = re.compile(r"<Content-Length\s*>([^<]*)</Content-Length\s*>")
+_ETAG_RE = re.compile(r"<Etag\s*>([^<]*)</Etag\s*>")
+#: a metadata entry as the service writes it, <name>value</name>: a findall of the opening tags
+_SIMPLE_PAIR_RE = re.compile(r"<([^/>\s]+)>([^<]*)")
+#: any other form (<name/>, attributes): slower, taken only when the simple one misses a tag
+_PAIR_RE = re.compile(r"<([^\s/>]+)[^>]*?(?:/>|>([^<]*)</\1\s*>)")
+_NEXT_MARKER_RE = re.compile(r"<NextMarker\s*>([^<]*)</NextMarker\s*>")
+_ENCODED_RE = re.compile(r"""\sEncoded\s*=\s*["']true["']""")
+_ENTITY_RE = re.compile(r"&(#x[0-9a-fA-F]+|#[0-9]+|lt|gt|amp|quot|apos);")
+_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
+_UTF8_DECLARATION = re.compile(r"""<\?xml[^?]*?(encoding\s*=\s*["']utf-8["'][^?]*)?\?>""", re.I)
+
+
+class _NotPlain(Exception):
+    """A blob of the page has a shape the pattern reader does not know: ElementTree reads it."""
+
+
+def _entity(m: re.Match[str]) -> str:
+    ref = m.group(1)
+    if ref[0] == "#":
+        return chr(int(ref[2:], 16) if ref[1] == "x" else int(ref[1:]))
+    return _ENTITIES[ref]
+
+
+def _text(raw: str) -> str:
+    return _ENTITY_RE.sub(_entity, raw) if "&" in raw else raw
+
+
+def _plain_page(text: str) -> bool:
+    """True when text has the shape the pattern reader knows (else: ElementTree)."""
+    start = 0
+    if text.startswith("<?"):
+        decl = _UTF8_DECLARATION.match(text)
+        if decl is None or ("encoding" in decl.group(0).lower() and decl.group(1) is None):
+            return False
+        start = decl.end()
+    return (
+        text.rstrip().endswith("</EnumerationResults>")
+        and text.find("<!", start) < 0
+        and text.find("<?", start) < 0
+        and "\r" not in text  # XML turns CR LF into LF in text: leave that to the parser
+        and "<Blob " not in text
+    )
+
+
+def _parse_blob_list_plain(text: str) -> tuple[list[BlobProps], str]:
+    blobs = []
+    end = text.rfind("</Blobs>")
+    pos = text.find("<Blob>")
+    while 0 <= pos < end:
+        close = text.find("</Blob>", pos)
+        body = text[pos + 6 : close]
+        pos = text.find("<Blob>", close)
+        metadata: dict[str, str] = {}
+        meta_at = body.find("<Metadata>")
+        if meta_at >= 0:
+            meta_end = body.find("</Metadata>", meta_at)
+            meta = body[meta_at + 10 : meta_end]
+            pairs = _SIMPLE_PAIR_RE.findall(meta)
+            if meta.count("<") != 2 * len(pairs):
+                pairs = [(m.group(1), m.group(2) or "") for m in _PAIR_RE.finditer(meta)]
+            metadata = {k: _text(v) for k, v in pairs} if "&" in meta else dict(pairs)
+            body = body[:meta_at] + body[meta_end + 11 :]  # a metadata key may be "Name"
+        elif "<Metadata" in body and "<Metadata />" not in body and "<Metadata/>" not in body:
+            raise _NotPlain
+        name_m = _NAME_RE.search(body)
+        name = ""
+        if name_m is not None and name_m.group(2) is not None:
+            name = _text(name_m.group(2))
+            if name_m.group(1) and _ENCODED_RE.search(name_m.group(1)):
+                name = unquote(name)
+        length = _LENGTH_RE.search(body)
+        etag = _ETAG_RE.search(body)
+        blobs.append(
+            BlobProps(
+                name=name,
+                size_bytes=int(length.group(1) or 0) if length is not None else 0,
+                etag=_text(etag.group(1)) if etag is not None else "",
+                metadata=metadata,
+            )
+        )
+    marker = _NEXT_MARKER_RE.search(text, max(end, 0))
+    return blobs, _text(marker.group(1)) if marker is not None else ""
+
+
 def parse_blob_list(content: bytes) -> tuple[list[BlobProps], str]:
     """One List Blobs page: its blobs and the marker of the next page ("" for the last)."""
+    try:
+        text = content.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        text = ""
+    if _plain_page(text):
+        with contextlib.suppress(_NotPlain):
+            return _parse_blob_list_plain(text)
+    return parse_blob_list_tree(content)
+
+
+def parse_blob_list_tree(content: bytes) -> tuple[list[BlobProps], str]:
+    """parse_blob_list through ElementTree: any well-formed page (and the reference the
+    pattern reader is tested against)."""
     root = ET.fromstring(content)
     blobs = []
     for b in root.iter("Blob"):

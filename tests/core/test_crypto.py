@@ -251,3 +251,18 @@ def test_keyed_digest_depends_on_content_key_and_is_blake3_keyed_mode() -> None:
     # without the content key the stored value says nothing about the plaintext digest
     assert keyed_digest_hex(k1, plain_hex) != keyed_digest_hex(k2, plain_hex)
     assert keyed_digest_hex(k1, plain_hex) != plain_hex
+
+
+@pytest.mark.parametrize(
+    "kid", ["local:1234abcd", 'kv "key" \\ é ✓', "https://v.vault.azure.net/keys/k/1"]
+)
+def test_metadata_from_the_template_is_the_json_of_its_fields_for_any_kid(kid):
+    from pyengine.crypto import content_key_from_metadata
+
+    kek = LocalKeyWrapper(os.urandom(32), kid=kid)
+    key = os.urandom(32)
+    text = encryption_metadata(key, kek)
+    data = json.loads(text)
+    assert text == json.dumps(data)  # same order, separators and escapes as json.dumps
+    assert data["WrappedContentKey"]["KeyId"] == kid
+    assert content_key_from_metadata(text, kek) == key
