@@ -1,11 +1,9 @@
 #include "pipeline.hpp"
 
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <stdexcept>
 #include <system_error>
@@ -43,16 +41,11 @@ struct Pipeline::FileJob {
 Pipeline::Pipeline(unsigned threads, size_t memory_cap_bytes, bool direct_io)
     : pool_(BufferPool::create(memory_cap_bytes)), direct_io_(direct_io) {
   if (threads == 0) throw std::invalid_argument("threads must be at least 1");
-  event_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (event_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
   workers_.reserve(threads);
   for (unsigned i = 0; i < threads; ++i) workers_.emplace_back([this] { worker_main(); });
 }
 
-Pipeline::~Pipeline() {
-  close();
-  if (event_fd_ >= 0) ::close(event_fd_);
-}
+Pipeline::~Pipeline() { close(); }
 
 void Pipeline::close() {
   {
@@ -336,47 +329,6 @@ bool Pipeline::md5_in_order(FileJob& job, uint64_t index, const uint8_t* payload
   return true;
 }
 
-void Pipeline::push(Event event) {
-  {
-    std::lock_guard<std::mutex> lock(events_mu_);
-    events_.push_back(std::move(event));
-  }
-  events_cv_.notify_one();
-  const uint64_t one = 1;
-  // EAGAIN only when the counter is saturated, i.e. the loop has a wake-up pending anyway.
-  [[maybe_unused]] ssize_t w = ::write(event_fd_, &one, sizeof(one));
-}
-
-std::vector<Event> Pipeline::poll(size_t max_events) {
-  uint64_t counter;
-  [[maybe_unused]] ssize_t r = ::read(event_fd_, &counter, sizeof(counter));
-  std::vector<Event> out;
-  bool more;
-  {
-    std::lock_guard<std::mutex> lock(events_mu_);
-    const size_t n = std::min(max_events, events_.size());
-    out.reserve(n);
-    for (size_t i = 0; i < n; ++i) {
-      out.push_back(std::move(events_.front()));
-      events_.pop_front();
-    }
-    more = !events_.empty();
-  }
-  if (more) {
-    const uint64_t one = 1;
-    [[maybe_unused]] ssize_t w = ::write(event_fd_, &one, sizeof(one));
-  }
-  return out;
-}
-
-bool Pipeline::wait(double timeout_s) {
-  std::unique_lock<std::mutex> lock(events_mu_);
-  auto ready = [this] { return !events_.empty(); };
-  if (timeout_s < 0) {
-    events_cv_.wait(lock, ready);
-    return true;
-  }
-  return events_cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), ready);
-}
+void Pipeline::push(Event event) { events_.push(std::move(event)); }
 
 }  // namespace pyengine

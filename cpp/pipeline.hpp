@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "buffer_pool.hpp"
+#include "completion_queue.hpp"
 #include "cipher.hpp"
 #include "errors.hpp"
 #include "hash.hpp"
@@ -96,9 +97,9 @@ class Pipeline {
 
   // Validates and queues; never blocks on I/O. Throws std::invalid_argument on a bad request.
   void submit(SubmitRequest request);
-  int fileno() const { return event_fd_; }
-  std::vector<Event> poll(size_t max_events);
-  bool wait(double timeout_s);
+  int fileno() const { return events_.fileno(); }
+  std::vector<Event> poll(size_t max_events) { return events_.poll(max_events); }
+  bool wait(double timeout_s) { return events_.wait(timeout_s); }
   size_t files_in_flight() const { return files_in_flight_.load(); }
   PoolStats pool_stats() const { return pool_->stats(); }
   void close();
@@ -116,16 +117,12 @@ class Pipeline {
 
   std::shared_ptr<BufferPool> pool_;
   const bool direct_io_;
-  int event_fd_ = -1;
+  CompletionQueue<Event> events_;
 
   std::mutex tasks_mu_;
   std::condition_variable tasks_cv_;
   std::deque<std::shared_ptr<FileJob>> pending_;
   bool stopping_ = false;
-
-  std::mutex events_mu_;
-  std::condition_variable events_cv_;
-  std::deque<Event> events_;
 
   std::atomic<size_t> files_in_flight_{0};
   std::vector<std::thread> workers_;

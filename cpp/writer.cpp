@@ -1,12 +1,10 @@
 #include "writer.hpp"
 
 #include <fcntl.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -45,16 +43,11 @@ struct FreeDeleter {
 
 Writer::Writer(unsigned threads) {
   if (threads == 0) throw std::invalid_argument("threads must be at least 1");
-  event_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (event_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
   workers_.reserve(threads);
   for (unsigned i = 0; i < threads; ++i) workers_.emplace_back([this] { worker_main(); });
 }
 
-Writer::~Writer() {
-  close();
-  if (event_fd_ >= 0) ::close(event_fd_);
-}
+Writer::~Writer() { close(); }
 
 void Writer::close() {
   {
@@ -216,46 +209,9 @@ void Writer::discard(uint64_t file_id) {
 }
 
 void Writer::push(RangeDoneEvent event) {
-  {
-    std::lock_guard<std::mutex> lock(events_mu_);
-    events_.push_back(std::move(event));
-  }
+  // counted down before the event is visible: a consumer that sees it sees the count without it
   --in_flight_;
-  events_cv_.notify_one();
-  const uint64_t one = 1;
-  [[maybe_unused]] ssize_t w = ::write(event_fd_, &one, sizeof(one));
-}
-
-std::vector<RangeDoneEvent> Writer::poll(size_t max_events) {
-  uint64_t counter;
-  [[maybe_unused]] ssize_t r = ::read(event_fd_, &counter, sizeof(counter));
-  std::vector<RangeDoneEvent> out;
-  bool more;
-  {
-    std::lock_guard<std::mutex> lock(events_mu_);
-    const size_t n = std::min(max_events, events_.size());
-    out.reserve(n);
-    for (size_t i = 0; i < n; ++i) {
-      out.push_back(std::move(events_.front()));
-      events_.pop_front();
-    }
-    more = !events_.empty();
-  }
-  if (more) {
-    const uint64_t one = 1;
-    [[maybe_unused]] ssize_t w = ::write(event_fd_, &one, sizeof(one));
-  }
-  return out;
-}
-
-bool Writer::wait(double timeout_s) {
-  std::unique_lock<std::mutex> lock(events_mu_);
-  auto ready = [this] { return !events_.empty(); };
-  if (timeout_s < 0) {
-    events_cv_.wait(lock, ready);
-    return true;
-  }
-  return events_cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), ready);
+  events_.push(std::move(event));
 }
 
 }  // namespace pyengine

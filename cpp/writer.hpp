@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cipher.hpp"
+#include "completion_queue.hpp"
 #include "hash.hpp"
 
 namespace pyengine {
@@ -61,9 +62,9 @@ class Writer {
 
   // Validates and queues; throws std::invalid_argument on a malformed request.
   void submit(const WriteRange& range);
-  int fileno() const { return event_fd_; }
-  std::vector<RangeDoneEvent> poll(size_t max_events);
-  bool wait(double timeout_s);
+  int fileno() const { return events_.fileno(); }
+  std::vector<RangeDoneEvent> poll(size_t max_events) { return events_.poll(max_events); }
+  bool wait(double timeout_s) { return events_.wait(timeout_s); }
   // Whole-file BLAKE3 from the CVs of ranges 0..n-2 (in order) and the kept state of the last
   // range, which is then forgotten. Throws std::logic_error when that state is missing.
   Digest32 digest(uint64_t file_id, const std::vector<Digest32>& range_cvs);
@@ -76,15 +77,11 @@ class Writer {
   RangeDoneEvent process(const WriteRange& r, RegionCipher& cipher, uint8_t* scratch);
   void push(RangeDoneEvent event);
 
-  int event_fd_ = -1;
+  CompletionQueue<RangeDoneEvent> events_;
   std::mutex tasks_mu_;
   std::condition_variable tasks_cv_;
   std::deque<WriteRange> pending_;
   bool stopping_ = false;
-
-  std::mutex events_mu_;
-  std::condition_variable events_cv_;
-  std::deque<RangeDoneEvent> events_;
 
   std::mutex states_mu_;
   std::map<uint64_t, std::unique_ptr<blake3_hasher>> last_states_;
