@@ -12,11 +12,9 @@ Every request is logged: (method, unquoted path, headers, status answered).
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import ipaddress
 import ssl
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -24,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 from aiohttp import web
 from faultproxy import HOP_BY_HOP, _error
+from loop_server import LoopThreadServer
 from yarl import URL
 
 MAX_VERSION = "2019-02-02"
@@ -106,7 +105,9 @@ def make_certificates(workdir: Path) -> tuple[Path, Path, Path]:
     return ca_path, cert_path, key_path
 
 
-class DataBoxProxy:
+class DataBoxProxy(LoopThreadServer):
+    thread_name = "databoxproxy"
+
     """HTTPS on a free loopback port, in its own thread and loop; forwards to ``upstream``."""
 
     def __init__(self, upstream_origin: str, workdir: Path) -> None:
@@ -116,8 +117,6 @@ class DataBoxProxy:
         self._ssl.load_cert_chain(cert, key)
         self.log: list[Logged] = []
         self.origin = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -129,29 +128,6 @@ class DataBoxProxy:
         return [e for e in self.log if e.status == 400]
 
     # --- life cycle ----------------------------------------------------------------------
-
-    def __enter__(self) -> DataBoxProxy:
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            loop.run_until_complete(self._start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._stop())
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="databoxproxy", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("Data Box proxy did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
 
     async def _start(self) -> None:
         self._session = aiohttp.ClientSession(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from loop_server import LoopThreadServer
 from yarl import URL
 
 #: headers that belong to one connection, not to the request (RFC 9110 section 7.6.1)
@@ -84,7 +84,9 @@ class _Fault:
     fired: int = 0
 
 
-class FaultProxy:
+class FaultProxy(LoopThreadServer):
+    thread_name = "faultproxy"
+
     def __init__(self, upstream_origin: str, *, seed: int = 0) -> None:
         #: e.g. ``http://127.0.0.1:10000``
         self.upstream_origin = upstream_origin.rstrip("/")
@@ -108,8 +110,6 @@ class FaultProxy:
         #: away meanwhile; the upstream may have acted on it all the same)
         self.forwarded: list[list[Any]] = []
         self._rng = random.Random(seed)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -156,36 +156,6 @@ class FaultProxy:
         self._faults = []
 
     # --- life cycle ----------------------------------------------------------------------
-
-    def start(self) -> FaultProxy:
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            loop.run_until_complete(self._start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._stop())
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="faultproxy", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fault proxy did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._thread = None
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     async def _start(self) -> None:
         # no pool limit: the client under test decides how many connections it opens
