@@ -8,24 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyengine.engine.scan import display_path
+from pyengine.state.verify_report import MAX_FINDINGS_KEPT, Finding
 
 #: kinds of finding: not at DEST; there with another size or digest (or another version); a
 #: request about it failed (after the retries) or it cannot be stamped without a KEK
 FINDING_KINDS = ("missing", "mismatched", "failed")
 #: findings kept in the report; more are counted only (the CLI printed each as it came)
-MAX_FINDINGS = 10_000
+MAX_FINDINGS = MAX_FINDINGS_KEPT
 
-
-@dataclass(frozen=True)
-class FinalizeFinding:
-    #: full blob name within DEST's container
-    blob: str
-    kind: str
-    reason: str
-
-    def line(self) -> str:
-        return f"{self.kind}: {display_path(self.blob)}: {self.reason}"
+#: one line per blob found missing, mismatched or failed: the same record as verify's
+FinalizeFinding = Finding
 
 
 @dataclass
