@@ -28,8 +28,9 @@ def test_head_is_the_files_leading_plaintext(tmp_path, encrypt, size, head_bytes
     assert done.head == expected
     for index, (chunk, payload) in chunks.items():
         assert chunk.head == (expected if index == 0 else b"")
-        if encrypt and expected:
+        if encrypt and len(expected) >= 16:
             # the payload itself stays ciphertext: the head is a copy taken before encryption
+            # (16 bytes and more: a shorter plaintext can turn up in random ciphertext by chance)
             assert expected[:64] not in payload
 
 
