@@ -424,7 +424,6 @@ void bind_writer(py::module_& m) {
            py::arg("timeout_s") = -1.0, py::call_guard<py::gil_scoped_release>())
       .def("digest", &PyWriter::digest, py::arg("file_id"), py::arg("range_cvs"))
       .def("discard", [](PyWriter& w, uint64_t file_id) { w.writer_.discard(file_id); })
-      .def("ranges_in_flight", [](PyWriter& w) { return w.writer_.ranges_in_flight(); })
       .def("close", [](PyWriter& w) { w.writer_.close(); },
            py::call_guard<py::gil_scoped_release>());
 }

@@ -56,12 +56,6 @@ Digest16 Md5Stream::digest() {
   return out;
 }
 
-Digest16 md5(const void* data, size_t len_bytes) {
-  Md5Stream s;
-  s.update(data, len_bytes);
-  return s.digest();
-}
-
 Digest32 blake3(const void* data, size_t len_bytes) {
   blake3_hasher hasher;
   blake3_hasher_init(&hasher);

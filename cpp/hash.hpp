@@ -66,8 +66,6 @@ class Md5Stream {
   void* ctx_;  // EVP_MD_CTX, kept opaque so OpenSSL headers stay in hash.cpp
 };
 
-Digest16 md5(const void* data, size_t len_bytes);
-
 // Root hash of a file from the chaining values of its complete pieces (in order) and the state of
 // its last piece.
 Digest32 blake3_assemble(const std::vector<Digest32>& complete_piece_cvs,

@@ -77,7 +77,6 @@ void Writer::submit(const WriteRange& range) {
     if (stopping_) throw std::invalid_argument("writer is closed");
     pending_.push_back(range);
   }
-  ++in_flight_;
   tasks_cv_.notify_one();
 }
 
@@ -101,7 +100,7 @@ void Writer::worker_main() {
     } catch (const std::exception& e) {
       ev = RangeDoneEvent{range.token, range.file_id, range.index, false, e.what(), std::nullopt};
     }
-    push(std::move(ev));
+    events_.push(std::move(ev));
   }
 }
 
@@ -206,12 +205,6 @@ Digest32 Writer::digest(uint64_t file_id, const std::vector<Digest32>& range_cvs
 void Writer::discard(uint64_t file_id) {
   std::lock_guard<std::mutex> lock(states_mu_);
   last_states_.erase(file_id);
-}
-
-void Writer::push(RangeDoneEvent event) {
-  // counted down before the event is visible: a consumer that sees it sees the count without it
-  --in_flight_;
-  events_.push(std::move(event));
 }
 
 }  // namespace pyengine

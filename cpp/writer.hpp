@@ -7,7 +7,6 @@
 // one through a 1 MiB per-thread scratch buffer, so hashing and writing touch it while in cache.
 #pragma once
 
-#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -69,13 +68,11 @@ class Writer {
   // range, which is then forgotten. Throws std::logic_error when that state is missing.
   Digest32 digest(uint64_t file_id, const std::vector<Digest32>& range_cvs);
   void discard(uint64_t file_id);
-  size_t ranges_in_flight() const { return in_flight_.load(); }
   void close();
 
  private:
   void worker_main();
   RangeDoneEvent process(const WriteRange& r, RegionCipher& cipher, uint8_t* scratch);
-  void push(RangeDoneEvent event);
 
   CompletionQueue<RangeDoneEvent> events_;
   std::mutex tasks_mu_;
@@ -86,7 +83,6 @@ class Writer {
   std::mutex states_mu_;
   std::map<uint64_t, std::unique_ptr<blake3_hasher>> last_states_;
 
-  std::atomic<size_t> in_flight_{0};
   std::vector<std::thread> workers_;
 };
 

@@ -38,6 +38,7 @@ from pyengine.crypto import (
     encryption_metadata,
     keyed_digest_hex,
 )
+from pyengine.errors import ConfigError, PyEngineError
 from pyengine.targets.azurite import DEV_ACCOUNT_KEY, DEV_ACCOUNT_NAME
 
 CONTAINER = "bench"
@@ -133,7 +134,7 @@ class FileServer:
             except OSError:
                 time.sleep(0.02)
         self.__exit__()
-        raise RuntimeError("nginx file server did not start")
+        raise ConfigError("nginx", "the file server did not start")
 
     def __exit__(self, *exc: object) -> None:
         if self._proc is not None:
@@ -226,7 +227,7 @@ def _ours(server: FileServer, prefix: str, out: Path, kek_file: Path | None, arg
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
-        raise RuntimeError(f"restore failed: {proc.stderr.strip()[-500:]}")
+        raise PyEngineError("restore", proc.stderr.strip()[-500:] or "failed")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     peak_kib = int(proc.stderr.strip().splitlines()[-1].split()[-1])
     return summary, peak_kib / 1024

@@ -7,6 +7,7 @@ after its journal is durable and the job marked interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from typing import Any
 
@@ -342,18 +343,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
         policy = load_policy(info.options["policy"])
         keep = {k: tuple(saved.get(k, ())) for k in ("include", "exclude")}
-        opts = CopyOptions(**{**opts.__dict__, **keep, "journal_path": args.journal})
+        opts = dataclasses.replace(opts, **keep, journal_path=args.journal)
         return _run_copy(info.source, None, opts, args.json, policy)
     # The job keeps the choices that decide block IDs and payloads; secrets are asked again.
-    opts = CopyOptions(
-        **{
-            **opts.__dict__,
-            "encrypt": bool(saved.get("encrypt", opts.encrypt)),
-            "block_bytes": saved.get("block_bytes", opts.block_bytes),
-            "include": tuple(saved.get("include", opts.include)),
-            "exclude": tuple(saved.get("exclude", opts.exclude)),
-            "journal_path": args.journal,
-        }
+    opts = dataclasses.replace(
+        opts,
+        encrypt=bool(saved.get("encrypt", opts.encrypt)),
+        block_bytes=saved.get("block_bytes", opts.block_bytes),
+        include=tuple(saved.get("include", opts.include)),
+        exclude=tuple(saved.get("exclude", opts.exclude)),
+        journal_path=args.journal,
     )
     if opts.encrypt and opts.kek is None:
         raise ConfigError(args.job, "the job encrypts: give --kek-file again")

@@ -48,7 +48,7 @@ async def _open_client(options: CopyOptions) -> AsyncIterator[tuple[Any, int]]:
     if options.scheduler:
         try:
             client = await Client(options.scheduler, asynchronous=True, timeout=WORKERS_WAIT_S)
-        except (OSError, TimeoutError) as e:
+        except (OSError, TimeoutError, ValueError) as e:  # ValueError: an unknown scheme (http://)
             raise ConfigError(options.scheduler, f"cannot reach the Dask scheduler: {e}") from None
         try:
             await client.wait_for_workers(1, timeout=WORKERS_WAIT_S)

@@ -235,7 +235,7 @@ class _Finalizer:
             await bp.set_tags(store, name, item.tags)
             self.report.requests_stamping += 1
         if item.tier and (state.tier or "").lower() != item.tier.lower():
-            await bp.set_tier(store, name, item.tier)
+            await store.set_tier(name, item.tier)
             self.report.requests_stamping += 1
         if item.immutability:
             await bp.set_immutability(store, name, item.immutability)

@@ -72,6 +72,9 @@ async def route_by_head(job: PolicyJob, src: SourceFile) -> None:
             block_bytes=opts.block_bytes,
             encrypt=False,
             path=src.rel_path,
+            # the destination's limits, as the lanes plan (one_file.py)
+            max_block_bytes=job.profile.max_block_bytes,
+            max_blob_bytes=job.profile.max_blob_bytes,
         )
     except SourceError as e:
         await fail(e.reason)

@@ -23,10 +23,9 @@ from typing import Any
 from pyengine import _core
 from pyengine.engine.commit import Commits
 from pyengine.engine.context import FileTask, JobContext
-from pyengine.engine.plan import block_id, next_pow2, read_plan
+from pyengine.engine.plan import block_id, choose_block_bytes, read_plan
 from pyengine.engine.scan import ScanProblem, SourceFile, display_path, restat
 from pyengine.errors import PyEngineError, SourceError
-from pyengine.options import MiB
 from pyengine.state.journal import FileRecord
 from pyengine.targets.auth import redact
 from pyengine.targets.base import ForeignBlocksError
@@ -239,8 +238,8 @@ class Sender(Commits):
             encryptiondata=None,
             hash_only=True,
         )
-        # large chunks (fewer completions), still within the 50,000 chunks of any plan
-        chunk_bytes = max(8 * MiB, next_pow2(-(-src.size_bytes // 50_000)))
+        # large chunks (fewer completions), within the 50,000 of any plan: the block rule's own
+        chunk_bytes = choose_block_bytes(src.size_bytes, path=src.rel_path)
         await self.read_aside(
             task,
             size_bytes=src.size_bytes,

@@ -232,7 +232,12 @@ def parse_policy(text: str, *, base_dir: str | os.PathLike[str], subject: str = 
         raise r.fail("", f"not valid TOML: {e}") from None
     doc = r.table(doc, "", {"policy", "retention", "tiers", "immutability", "tenants"})
     head = r.table(doc.get("policy", {}), "policy", {"source", "fallback"})
-    source = r.string(head["source"], "policy.source") if "source" in head else None
+    # relative to the policy file, like kek_file: `copy --policy` and `policy check` agree
+    source = (
+        os.path.join(r.base_dir, r.string(head["source"], "policy.source"))
+        if "source" in head
+        else None
+    )
     raw_tenants = doc.get("tenants")
     if not isinstance(raw_tenants, dict) or not raw_tenants:
         raise r.fail("tenants", "at least one [tenants.NAME] table is required")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from pyengine.errors import ConfigError, PyEngineError
@@ -170,7 +171,7 @@ class Policy:
         """True when some tenant rule matches on DICOM attributes."""
         return any(t.uses_dicom for t in self.tenants)
 
-    @property
+    @cached_property  # asked once per file; a Policy never changes
     def dicom_attributes(self) -> tuple[str, ...]:
         """The attribute keys tenant rules match on: pass them to read_dicom_head."""
         keys = {k for t in self.tenants for r in t.rules for k, _ in r.dicom}

@@ -99,13 +99,6 @@ async def set_tags(store: Any, name: str, tags: Mapping[str, str]) -> None:
     )
 
 
-async def set_tier(store: Any, name: str, tier: str) -> None:
-    """Set Blob Tier (Hot, Cool, Cold, Archive); 200 when set, 202 while rehydrating."""
-    await store._request(
-        "PUT", name, what="set tier", query={"comp": "tier"}, headers={"x-ms-access-tier": tier}
-    )
-
-
 async def set_immutability(store: Any, name: str, headers: Mapping[str, str]) -> None:
     """Set Blob Immutability Policy and/or Set Legal Hold from the commit headers a Data Box
     could not take (x-ms-immutability-policy-until-date/-mode, x-ms-legal-hold)."""
@@ -139,6 +132,5 @@ __all__ = [
     "set_content_headers",
     "set_immutability",
     "set_tags",
-    "set_tier",
     "tags_body",
 ]
