@@ -93,4 +93,10 @@ def cmd_finalize(args: argparse.Namespace) -> int:
             f"{deep}",
             flush=True,
         )
+        if report.location_recorded:
+            print(
+                f"journal: job {report.job_id}'s files are at {report.dest}; "
+                f"`pyengine verify {report.dest}` checks them",
+                flush=True,
+            )
     return EXIT_OK if report.ok else EXIT_FAILED

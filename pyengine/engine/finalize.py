@@ -19,6 +19,10 @@ Set Blob Properties (content headers), Set Blob Tags, Set Blob Tier, and immutab
 hold last (an immutable blob takes no more metadata). Done blobs are marked (journal
 ``finalized_blobs``, or ShareState.mark_stamped): a re-run checks them again and stamps nothing,
 so a killed run is resumed by running it again.
+
+Once a run has found the job's blobs at DEST (any of them), the journal records that the job's
+files live there (table ``job_locations``): `pyengine verify URL` of DEST then checks them
+against this job's records instead of listing them as unknown.
 """
 
 from __future__ import annotations
@@ -365,6 +369,11 @@ async def finalize(
         finally:
             if share is not None:
                 share.close()
+        if report.files_checked == 0 or report.files_missing < report.files_checked:
+            # From now on `verify URL` judges these blobs by this job's records. Not when none
+            # was found: DEST is then most likely mistyped, and must not expect the job's files.
+            journal.record_location(job_id, dest.redacted(), job_dest.prefix)
+            report.location_recorded = True
     return report
 
 

@@ -45,6 +45,8 @@ class FinalizeReport:
     requests_stamping: int = 0
     #: bytes downloaded (--deep)
     bytes_read: int = 0
+    #: the journal now says the job's files live at dest (`pyengine verify DEST` knows them)
+    location_recorded: bool = False
     findings: list[FinalizeFinding] = field(default_factory=list)
     findings_left_out: int = 0
     on_finding: Callable[[FinalizeFinding], None] | None = field(

@@ -1,7 +1,7 @@
 """What can be asked of the journal about jobs, beyond one file's resume state: the unfinished job
 to resume, the job list with per-state totals, one job's per-path summary, a paged stream of its
-files, and the two questions verify asks (the latest committed version of every blob, and
-whether a job had a record of one).
+files, and the questions verify asks (the latest committed version of every blob, whether a
+job had a record of one, and where `pyengine finalize` found a device job's files).
 
 None of these adds to the journal. Those that count or list files write the pending batch out
 first (read-your-writes); the per-file streams page their rows, so memory stays bounded however
@@ -155,30 +155,48 @@ class JournalQueries(GroupCommit):
     # --- read-only queries for verify -------------------------------------------------------
 
     def iter_committed_by_blob(
-        self, job_ids: Iterable[str], *, name_prefix: str = ""
+        self,
+        job_ids: Iterable[str],
+        *,
+        name_prefix: str = "",
+        relocated: Iterable[tuple[str, str, str]] = (),
     ) -> Iterator[FileRecord]:
         """The latest committed version of every blob name among ``job_ids`` (the newest job
         wins) that starts with ``name_prefix``, in blob-name order: SQLite's BINARY collation on
         UTF-8, i.e. code-point order, the order of Python's str comparison.
 
+        ``relocated``: (job_id, job_prefix, at_prefix) of jobs whose files now live elsewhere
+        (:meth:`job_locations`): their blobs are named ``at_prefix`` + the blob name after
+        ``job_prefix``, and compete for the newest version with the others under that name.
+        Records carry the name as at the destination.
+
         One read cursor, paged with fetchmany: nothing per blob stays in memory here (SQLite's
         sorter spills to a temp file for a large journal). Records carry acked_blocks=None.
         """
-        ids = tuple(job_ids)
-        if not ids:
+        # (job_id, the prefix its blob names lose, the prefix they gain): "" and "" for a job
+        # whose names are already those of the destination
+        sources = [(job_id, "", "") for job_id in job_ids] + list(relocated)
+        if not sources:
             return
         self._flush_if_any()
         columns = ", ".join(f"f.{c.strip()}" for c in FILE_COLUMNS.split(","))
+        # SQLite's substr and length count characters of TEXT, as Python's str slicing does
+        name = "s.at_prefix || substr(f.blob_name, length(s.job_prefix) + 1)"
         sql = (
-            f"SELECT {columns} FROM files f JOIN jobs j ON j.job_id = f.job_id"
-            f" WHERE f.state = 'committed' AND f.job_id IN ({', '.join('?' * len(ids))})"
-            " AND substr(f.blob_name, 1, ?) = ?"
-            " ORDER BY f.blob_name, j.created_ns DESC, j.job_id DESC"
+            "WITH s(job_id, job_prefix, at_prefix) AS"
+            f" (VALUES {', '.join(['(?, ?, ?)'] * len(sources))})"
+            f" SELECT {columns}, {name} AS name FROM s"
+            " JOIN files f ON f.job_id = s.job_id JOIN jobs j ON j.job_id = f.job_id"
+            " WHERE f.state = 'committed'"
+            " AND substr(f.blob_name, 1, length(s.job_prefix)) = s.job_prefix"
+            f" AND substr({name}, 1, ?) = ?"
+            " ORDER BY name, j.created_ns DESC, j.job_id DESC"
         )
+        params = [value for source in sources for value in source]
         last_name = None
         try:
             with self._db_lock:
-                cursor = self._conn.execute(sql, (*ids, len(name_prefix), name_prefix))
+                cursor = self._conn.execute(sql, (*params, len(name_prefix), name_prefix))
             try:
                 while True:
                     with self._db_lock:
@@ -186,16 +204,24 @@ class JournalQueries(GroupCommit):
                     if not rows:
                         return
                     for row in rows:
-                        if row[7] == last_name:  # an older job's version of the same blob
+                        if row[-1] == last_name:  # an older job's version of the same blob
                             continue
-                        last_name = row[7]
-                        record = file_record_from_row(row)
+                        last_name = row[-1]
+                        record = file_record_from_row(row[:-1])
+                        record.blob_name = last_name
                         record.acked_blocks = None
                         yield record
             finally:
                 cursor.close()
         except sqlite3.Error as e:
             raise JournalError(self.path, f"cannot read journal: {e}") from None
+
+    def job_locations(self) -> list[tuple[str, str, str]]:
+        """(job_id, dest, job_prefix) of every job whose files `pyengine finalize` found at
+        another destination than the job's own (schema.SQL_CREATE_JOB_LOCATIONS), oldest first."""
+        return self._read(
+            "SELECT job_id, dest, job_prefix FROM job_locations ORDER BY recorded_ns, job_id"
+        )
 
     def job_has_blob(self, job_id: str, blob_name: str) -> bool:
         """Whether job_id has a record (any state) of blob_name. Scans that job's rows only (the

@@ -15,7 +15,7 @@ from typing import Any
 from pyengine.errors import JournalError
 from pyengine.state.records import FileRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA_V1 = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -67,10 +67,34 @@ def _add_ctime_column(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE files ADD COLUMN ctime_ns INTEGER")
 
 
+#: where a job's files live besides the job's own destination: `pyengine finalize JOB --dest URL`
+#: found them at ``dest`` (a redacted blob URL, no credential) after a Data Box import, the job's
+#: prefix ``job_prefix`` replaced by the prefix of ``dest``; `pyengine verify URL` reads them there
+SQL_CREATE_JOB_LOCATIONS = """CREATE TABLE IF NOT EXISTS job_locations (
+    job_id TEXT NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
+    dest TEXT NOT NULL,
+    job_prefix TEXT NOT NULL,
+    recorded_ns INTEGER NOT NULL,
+    PRIMARY KEY (job_id, dest)
+) WITHOUT ROWID"""
+SQL_RECORD_LOCATION = (
+    "INSERT OR REPLACE INTO job_locations (job_id, dest, job_prefix, recorded_ns)"
+    " VALUES (?, ?, ?, ?)"
+)
+
+
+def _add_job_locations(conn: sqlite3.Connection) -> None:
+    """2 -> 3: the job_locations table (empty: no job of an older journal was relocated)."""
+    conn.execute(SQL_CREATE_JOB_LOCATIONS)
+
+
 #: MIGRATIONS[v] upgrades a journal from schema v to v + 1, inside the opening transaction.
 #: Add an entry (and bump SCHEMA_VERSION) for every schema change; never edit SCHEMA_V1 in place
 #: without one, or journals of running migrations could not be resumed by the new version.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_ctime_column}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _add_ctime_column,
+    2: _add_job_locations,
+}
 
 
 def init_schema(conn: sqlite3.Connection, path: str) -> None:

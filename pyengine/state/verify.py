@@ -5,7 +5,9 @@ Two targets:
 - ``DEST`` (a blob URL): every blob the journal knows under DEST, i.e. the latest committed
   version of every path of every job whose destination is DEST or a prefix under it, merged with
   one listing of DEST (List Blobs with metadata: no request per blob). A job into a prefix
-  above DEST counts for its blobs under DEST. A blob there that no job
+  above DEST counts for its blobs under DEST, and so does a Data Box job that ``pyengine
+  finalize JOB --dest URL`` found at a URL overlapping DEST (journal table ``job_locations``):
+  its blob names with the job's prefix replaced by URL's. A blob there that no job
   committed is *unknown*; a known blob that is not there is *missing*, unless a later completed
   ``--delete-destination`` job without that file removed it on purpose (its source was gone).
 - ``JOB`` (a job id): that job's committed files, one Get Blob Properties each.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,22 +65,61 @@ def _job_dest(info: JobInfo) -> Destination | None:
         return None
 
 
-def _select_jobs(jobs: list[JobInfo], target: str) -> tuple[list[JobInfo], Destination, bool]:
-    """(the jobs to check, the destination to read, whether target named a destination)."""
+#: (job_id, the job's own prefix, the prefix its blobs have at the destination being verified)
+Relocated = tuple[str, str, str]
+
+
+def _relocated(locations: list[tuple[str, str, str]], dest: Destination) -> list[Relocated]:
+    """The jobs `pyengine finalize` found at a destination overlapping dest (a Data Box job's
+    files, imported into the account), with how their blob names map there."""
+    out = []
+    for job_id, at, job_prefix in locations:
+        try:
+            at_dest = parse_destination(at)
+        except ConfigError:
+            continue
+        if _overlaps(dest, at_dest):
+            out.append((job_id, job_prefix, at_dest.prefix))
+    return out
+
+
+@dataclass(frozen=True)
+class _Selection:
+    #: the jobs to check, oldest first
+    jobs: list[JobInfo]
+    #: the destination to read
+    dest: Destination
+    #: whether the target named a destination (else a job)
+    by_dest: bool
+    #: the jobs whose own destination holds blobs under dest
+    direct: list[str] = field(default_factory=list)
+    #: the jobs whose files finalize found under dest (a Data Box job's, imported)
+    relocated: list[Relocated] = field(default_factory=list)
+
+
+def _select_jobs(
+    jobs: list[JobInfo], target: str, locations: list[tuple[str, str, str]]
+) -> _Selection:
     if "://" in target:
         dest = parse_destination(target)  # ConfigError for a malformed URL
-        chosen = [
-            info for info in jobs if (d := _job_dest(info)) is not None and _overlaps(dest, d)
-        ]
+        relocated = _relocated(locations, dest)
+        moved = {job_id for job_id, _, _ in relocated}
+        direct = {
+            info.job_id
+            for info in jobs
+            if (d := _job_dest(info)) is not None and _overlaps(dest, d)
+        }
+        chosen = [info for info in jobs if info.job_id in direct or info.job_id in moved]
         if not chosen:
             raise ConfigError(dest.redacted(), "no job in the journal copied to this destination")
-        return chosen, dest, True
+        ids = [info.job_id for info in chosen if info.job_id in direct]
+        return _Selection(chosen, dest, True, ids, relocated)
     for info in jobs:
         if info.job_id == target:
             dest = _job_dest(info)
             if dest is None:
                 raise ConfigError(target, f"the job's destination is not a blob URL: {info.dest}")
-            return [info], dest, False
+            return _Selection([info], dest, False)
     raise ConfigError(target, "no such job in the journal")
 
 
@@ -100,9 +142,13 @@ def _deleters(
 # --- the run -----------------------------------------------------------------------------------
 
 
-async def _check_dest(checker: BlobChecker, dest: Destination, job_ids: list[str]) -> None:
+async def _check_dest(
+    checker: BlobChecker, dest: Destination, job_ids: list[str], relocated: list[Relocated]
+) -> None:
     """Merge the journal's known blobs with one listing of DEST, both in name order."""
-    records = checker.journal.iter_committed_by_blob(job_ids, name_prefix=dest.prefix)
+    records = checker.journal.iter_committed_by_blob(
+        job_ids, name_prefix=dest.prefix, relocated=relocated
+    )
     listing: AsyncIterator[BlobProps] = checker.store.list_blobs(dest.prefix, metadata=True)
     record = next(records, None)
     props = await anext(listing, None)
@@ -195,7 +241,8 @@ async def verify(
         raise ConfigError("--memory-cap", "must be positive")
     with Journal.open(path) as journal:
         all_jobs = journal.list_jobs()
-        jobs, dest, by_dest = _select_jobs(all_jobs, target)
+        chosen = _select_jobs(all_jobs, target, journal.job_locations())
+        jobs, dest, by_dest = chosen.jobs, chosen.dest, chosen.by_dest
         if deep and kek is None and any(info.options.get("encrypt") for info in jobs):
             subject = dest.redacted() if by_dest else jobs[0].job_id
             raise ConfigError(subject, "encrypted blobs: --deep needs --kek-file")
@@ -231,7 +278,7 @@ async def verify(
                 deleters=_deleters(all_jobs, store.dest),
             )
             if by_dest:
-                await _check_dest(checker, dest, report.job_ids)
+                await _check_dest(checker, dest, chosen.direct, chosen.relocated)
             else:
                 await _check_job(checker, jobs[0].job_id)
     return report
