@@ -328,6 +328,50 @@ def cmd_copy(args: argparse.Namespace) -> int:
     return _run_copy(source, None, _options_from(args), args.json, policy)
 
 
+#: saved job option -> (CopyOptions field, flag): the choices that decide what the destination
+#: holds or how it is reached (the Data Box profile and its certificate). A resume keeps them
+#: whether or not they are given again; given with another value, the resume is refused (one job
+#: never mixes two), except --ca-cert (the device's certificate may have moved).
+_KEPT = {
+    "target": ("target", "--target"),
+    "ca_cert_file": ("ca_cert_file", "--ca-cert"),
+    "tier": ("tier", "--tier"),
+    "tags": ("tags", "--tag"),
+    "put_md5": ("put_md5", "--put-md5"),
+    "content_type": ("content_type", "--content-type"),
+    "delete_destination": ("delete_destination", "--delete-destination"),
+}
+#: what a --policy run's tenants may differ in (the policy decides tier and tags per tenant; the
+#: target is kept when it was not the one the host name implies: see _kept)
+_KEPT_BY_POLICY_RUN = ("ca_cert_file", "put_md5", "content_type", "delete_destination")
+
+
+def _kept(job: Any, opts: CopyOptions, names: Any) -> dict[str, Any]:
+    """The saved options in ``names`` as CopyOptions fields (a journal of an older pyengine may
+    lack some: those stay as given). Raises ConfigError for a flag given with another value."""
+    saved, out = job.options, {}
+    for name in names:
+        if name not in saved:
+            continue
+        field_name, flag = _KEPT[name]
+        value = saved[name]
+        if name == "tags":
+            value = tuple((k, v) for k, v in (value or {}).items())
+        given = getattr(opts, field_name)
+        # argparse defaults (None, False, ()) mean "not given"; tags were saved sorted
+        differs = dict(given) != dict(value) if name == "tags" else given != value
+        if given not in (None, False, ()) and differs and name != "ca_cert_file":
+            shown = dict(value) if name == "tags" else value
+            raise ConfigError(
+                flag,
+                f"job {job.job_id} was started with {shown!r}; resume it with the same value, "
+                "or start a new job",
+            )
+        if name != "ca_cert_file" or given is None:
+            out[field_name] = value
+    return out
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from pyengine.state.journal import Journal
 
@@ -339,10 +383,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
     opts = _options_from(args)
     saved = info.options
     if saved.get("policy"):  # one tenant's job of a policy copy: the whole run goes on
+        from urllib.parse import urlsplit
+
         from pyengine.policy import load_policy
+        from pyengine.targets.open import destination
+        from pyengine.targets.profile import choose_profile
 
         policy = load_policy(info.options["policy"])
         keep = {k: tuple(saved.get(k, ())) for k in ("include", "exclude")}
+        keep.update(_kept(info, opts, _KEPT_BY_POLICY_RUN))
+        # each tenant's host implies its profile; a saved one it does not imply was --target
+        host = urlsplit(getattr(destination(info.dest), "account_url", "")).hostname or ""
+        if saved.get("target") not in (None, choose_profile(None, host).name):
+            keep.update(_kept(info, opts, ("target",)))
         opts = dataclasses.replace(opts, **keep, journal_path=args.journal)
         return _run_copy(info.source, None, opts, args.json, policy)
     # The job keeps the choices that decide block IDs and payloads; secrets are asked again.
@@ -353,6 +406,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         include=tuple(saved.get("include", opts.include)),
         exclude=tuple(saved.get("exclude", opts.exclude)),
         journal_path=args.journal,
+        **_kept(info, opts, _KEPT),
     )
     if opts.encrypt and opts.kek is None:
         raise ConfigError(args.job, "the job encrypts: give --kek-file again")

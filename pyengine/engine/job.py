@@ -254,6 +254,9 @@ class _Job(FileSteps):
             "delete_destination": o.delete_destination,
             "target": self.profile.name,
             "put_md5": o.put_md5,
+            # a file path, not a secret: a resumed Data Box job trusts the device again
+            "ca_cert_file": os.path.abspath(o.ca_cert_file) if o.ca_cert_file else None,
+            "content_type": o.content_type,
         }
 
     # --- the scan and the files in flight --------------------------------------------------
