@@ -175,20 +175,24 @@ class JournalQueries(GroupCommit):
         """
         # (job_id, the prefix its blob names lose, the prefix they gain): "" and "" for a job
         # whose names are already those of the destination
-        sources = [(job_id, "", "") for job_id in job_ids] + list(relocated)
+        relocated = list(relocated)
+        sources = [(job_id, "", "") for job_id in job_ids] + relocated
         if not sources:
             return
         self._flush_if_any()
         columns = ", ".join(f"f.{c.strip()}" for c in FILE_COLUMNS.split(","))
-        # SQLite's substr and length count characters of TEXT, as Python's str slicing does
-        name = "s.at_prefix || substr(f.blob_name, length(s.job_prefix) + 1)"
+        if relocated:
+            # SQLite's substr and length count characters of TEXT, as Python's str slicing does
+            name = "s.at_prefix || substr(f.blob_name, length(s.job_prefix) + 1)"
+            moved = " AND substr(f.blob_name, 1, length(s.job_prefix)) = s.job_prefix"
+        else:  # every name as journaled: no string built per row
+            name, moved = "f.blob_name", ""
         sql = (
             "WITH s(job_id, job_prefix, at_prefix) AS"
             f" (VALUES {', '.join(['(?, ?, ?)'] * len(sources))})"
             f" SELECT {columns}, {name} AS name FROM s"
             " JOIN files f ON f.job_id = s.job_id JOIN jobs j ON j.job_id = f.job_id"
-            " WHERE f.state = 'committed'"
-            " AND substr(f.blob_name, 1, length(s.job_prefix)) = s.job_prefix"
+            f" WHERE f.state = 'committed'{moved}"
             f" AND substr({name}, 1, ?) = ?"
             " ORDER BY name, j.created_ns DESC, j.job_id DESC"
         )
