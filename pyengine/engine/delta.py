@@ -35,6 +35,8 @@ from pyengine.targets.base import StoredBlob
 
 #: answer of :meth:`ListingJoin.lookup` when the join cannot tell: HEAD the blob instead
 UNKNOWN: Final = object()
+#: answer of :meth:`ListingJoin.lookup_now` when the next batch must be awaited first
+NOT_READY: Final = object()
 #: listing entries handed from the prefetch task to the join at once (one queue hop per batch)
 _BATCH = 1000
 #: batches listed ahead of the join: page latency hidden, memory a few pages at most
@@ -57,7 +59,10 @@ def as_listed(blob: StoredBlob) -> ListedBlob:
     etag = blob.etag
     if etag and not etag.startswith(('"', "W/")):
         etag = f'"{etag}"'
-    meta = {k.lower(): v for k, v in blob.metadata.items()}
+    meta = blob.metadata
+    # names as HEAD gives them; most pages hold no capital: then no new dict per blob
+    if not "".join(meta).islower():
+        meta = {k.lower(): v for k, v in meta.items()}
     return ListedBlob(blob.name, blob.size_bytes, etag, meta)
 
 
@@ -184,25 +189,38 @@ class ListingJoin:
 
     # --- the join ---------------------------------------------------------------------------
 
-    async def lookup(self, name: str) -> ListedBlob | object | None:
-        """The listing entry of blob ``name``; None when the listing has none; UNKNOWN when
-        the order of either stream does not let the join tell (then HEAD it)."""
+    def lookup_now(self, name: str) -> ListedBlob | object | None:
+        """:meth:`lookup` answered from the entries already fetched, or :data:`NOT_READY` when
+        it needs the next batch of the listing (then await lookup): the scan loop pays no
+        coroutine per file while a batch lasts."""
         if self.broken or (self._last_asked is not None and name <= self._last_asked):
             self.unknown += 1
             return UNKNOWN
-        self._last_asked = name
-        while True:
-            blob = await self._head()
-            if self.broken:
-                self.unknown += 1
-                return UNKNOWN
-            if blob is None or blob.name > name:
-                return None
+        batch = self._batch
+        while self._pos < len(batch):
+            blob = batch[self._pos]
             if blob.name == name:
                 self._pos += 1
                 self.matched += 1
+                self._last_asked = name
                 return as_listed(blob)
+            if blob.name > name:
+                self._last_asked = name
+                return None
             self._pass(blob)
+        if self._ended:
+            self._last_asked = name
+            return None
+        return NOT_READY
+
+    async def lookup(self, name: str) -> ListedBlob | object | None:
+        """The listing entry of blob ``name``; None when the listing has none; UNKNOWN when
+        the order of either stream does not let the join tell (then HEAD it)."""
+        while True:
+            found = self.lookup_now(name)
+            if found is not NOT_READY:
+                return found
+            await self._next_batch()  # the end of the listing sets _ended: None next time
 
     async def finish(self) -> None:
         """The scan ended: the rest of the listing is unmatched. ``complete`` tells whether
@@ -229,4 +247,12 @@ class ListingJoin:
         self.unmatched.close()
 
 
-__all__ = ["UNKNOWN", "ListedBlob", "ListingJoin", "Unmatched", "as_listed", "listed_unchanged"]
+__all__ = [
+    "NOT_READY",
+    "UNKNOWN",
+    "ListedBlob",
+    "ListingJoin",
+    "Unmatched",
+    "as_listed",
+    "listed_unchanged",
+]

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from pyengine import _core
 from pyengine.engine.context import EventCallback, JobContext
 from pyengine.engine.decide import Decider, check_same_encryption
-from pyengine.engine.delta import UNKNOWN, ListingJoin, listed_unchanged
+from pyengine.engine.delta import NOT_READY, UNKNOWN, ListingJoin, listed_unchanged
 from pyengine.engine.dryrun import DryRunDecider, dry_run
 from pyengine.engine.mirror import DeletionPass
 from pyengine.engine.one_file import FileSteps
@@ -35,6 +35,8 @@ from pyengine.engine.report import CopyReport
 from pyengine.engine.scan import ScanProblem, SourceFile, display_path, scan
 from pyengine.engine.send import Routing, Sender
 from pyengine.engine.taskowner import TaskOwner
+from pyengine.engine.unchanged import record_unchanged
+from pyengine.engine.unchanged import takes as unchanged_here
 from pyengine.errors import (
     ConfigError,
     JournalError,
@@ -166,7 +168,9 @@ class _Job(FileSteps):
         Called in scan order, from the scan loop only."""
         if self.delta is None:
             return UNKNOWN
-        return await self.delta.lookup(self.ctx.dest.prefix + src.rel_path)
+        name = self.ctx.dest.prefix + src.rel_path
+        found = self.delta.lookup_now(name)
+        return await self.delta.lookup(name) if found is NOT_READY else found
 
     def delta_inline(self, src: SourceFile, listed: object) -> bool:
         """Whether the listing already shows this file unchanged (--check=metadata): then it
@@ -342,6 +346,7 @@ class _Job(FileSteps):
                     async with contextlib.aclosing(batches):
                         async for batch in batches:
                             self.mirror.claim_names(batch)
+                            unchanged: list[tuple[SourceFile, Any]] = []
                             for item in batch:
                                 if isinstance(item, ScanProblem):
                                     if self.mirror.scan_problem(item):  # a file: it fails
@@ -351,12 +356,20 @@ class _Job(FileSteps):
                                     continue
                                 listed = await self.delta_lookup(item)
                                 if self.delta_inline(item, listed):
-                                    await self.copy_file(item, listed=listed)
+                                    if unchanged_here(ctx, listed):  # type: ignore[arg-type]
+                                        unchanged.append((item, listed))
+                                    else:
+                                        await self.copy_file(item, listed=listed)
                                     continue
                                 await window.acquire()
                                 t = owner.spawn(one(item, listed))
                                 files.add(t)
                                 t.add_done_callback(files.discard)
+                            if unchanged:  # the delta's unchanged files, a batch at once
+                                for item, listed in await record_unchanged(
+                                    ctx, self.profile, unchanged
+                                ):
+                                    await self.copy_file(item, listed=listed)
                     if self.delta is not None:
                         await self.delta.finish()  # the rest of the listing: gone at source
                     while files:

@@ -136,19 +136,41 @@ class GroupCommit:
             batch.file_ids.add(file_id)
             if path is not None:
                 batch.paths.add(path)
-            due = (
-                len(batch.ops) >= self.batch_max_ops
-                or time.monotonic() - batch.started_s >= self.max_delay_s
-            )
+            due = self._batch_due(batch)
         if due:
-            if self._writer_running:
-                # The writer thread commits it: the caller (the event loop) never waits for
-                # an fsync.
-                with self._wake:
-                    self._writer_due = True
-                    self._wake.notify()
-            else:
-                self.flush()
+            self._commit_due()
+
+    def _append_rows(self, sql: str, rows: list[tuple[Any, ...]], job_id: str) -> None:
+        """_append of many file rows at once (``rows``: SQL_INSERT_FILE parameters, file id
+        first, rel_path third): one lock and one due check for a scan batch of files."""
+        if not rows:
+            return
+        self._raise_if_failed()
+        with self._batch_lock:
+            batch = self._batch
+            if not batch.ops:
+                batch.started_s = time.monotonic()
+            batch.ops.extend([(sql, row) for row in rows])
+            batch.file_ids.update([row[0] for row in rows])
+            batch.paths.update([(job_id, row[2]) for row in rows])
+            due = self._batch_due(batch)
+        if due:
+            self._commit_due()
+
+    def _batch_due(self, batch: _Batch) -> bool:
+        return (
+            len(batch.ops) >= self.batch_max_ops
+            or time.monotonic() - batch.started_s >= self.max_delay_s
+        )
+
+    def _commit_due(self) -> None:
+        if self._writer_running:
+            # The writer thread commits it: the caller (the event loop) never waits for an fsync.
+            with self._wake:
+                self._writer_due = True
+                self._wake.notify()
+        else:
+            self.flush()
 
     def _amend_last(self, sql: str, file_id: int, amend: Any) -> bool:
         """When the batch's last operation is ``sql`` for file_id (its first parameter), replaces

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import json
-import mmap
 import os
 import secrets
 import sqlite3
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from pyengine.errors import ConfigError, JournalError
+from pyengine.state.begun import BegunPaths
 from pyengine.state.group_commit import FILE_ID_RANGE
 from pyengine.state.journal_queries import PAGE_ROWS, JournalQueries
 from pyengine.state.records import (
@@ -49,6 +49,7 @@ from pyengine.state.records import (
     FileRecord,
     JobInfo,
     JobSummary,
+    UnbegunSkip,
     contains_secret,
     default_journal_path,
     default_state_dir,
@@ -86,34 +87,6 @@ _skip_reason = functools.lru_cache(maxsize=256)(one_line)
 UPLOAD_IDS_PER_DRAW = 4096
 
 
-class _BegunPaths:
-    """The paths begun so far in a job this journal created, as a Bloom filter: "certainly not
-    begun" lets :meth:`Journal.begin_file` skip its SELECT (21 of the 24 µs it cost a file of a
-    new job); "maybe" falls back to the SELECT, so a false positive costs time, never
-    correctness. Fixed size whatever the tree: 2**25 bits (4 MiB), two probes; about 0.4 % false
-    positives after a million paths, 20 % after ten million."""
-
-    __slots__ = ("_bits",)
-    BITS = 1 << 25
-
-    def __init__(self) -> None:
-        # An anonymous mapping, not a bytearray: its pages are zero until touched, so a job of
-        # a few files costs a few pages of RSS, not 4 MiB (bytearray(n) writes every byte)
-        self._bits = mmap.mmap(-1, self.BITS >> 3)
-
-    def add(self, rel_path: str) -> bool:
-        """Marks rel_path begun; True when it certainly was not before."""
-        mask = self.BITS - 1
-        h = hash(rel_path)  # str hashes are cached on the object: no work for the scan's path
-        a, b = h & mask, (h >> 32) & mask
-        bits = self._bits
-        bit_a, bit_b = 1 << (a & 7), 1 << (b & 7)
-        new = not (bits[a >> 3] & bit_a and bits[b >> 3] & bit_b)
-        bits[a >> 3] |= bit_a
-        bits[b >> 3] |= bit_b
-        return new
-
-
 class Journal(JournalQueries):
     """The job store. Open with :meth:`Journal.open`; use as a context manager or call close()."""
 
@@ -121,7 +94,7 @@ class Journal(JournalQueries):
         super().__init__(*args, **kwargs)
         #: jobs created by this journal object, still running: no earlier run of them can have
         #: journaled a file, so begin_file needs no SELECT for a path they have not begun
-        self._begun: dict[str, _BegunPaths] = {}
+        self._begun: dict[str, BegunPaths] = {}
         self._random = b""
         self._random_at = 0
 
@@ -245,7 +218,7 @@ class Journal(JournalQueries):
                 if "UNIQUE" in str(e):
                     continue  # 1 in 65,536 within the same minute: draw again
                 raise
-            self._begun[job_id] = _BegunPaths()
+            self._begun[job_id] = BegunPaths()
             return job_id
         raise JournalError(self.path, "cannot allocate a job id")
 
@@ -368,6 +341,32 @@ class Journal(JournalQueries):
             (job_id, rel_path),
         )
         return record
+
+    def record_skipped(
+        self, job_id: str, files: list[UnbegunSkip], reason: str, *, encrypted: bool
+    ) -> list[bool]:
+        """Journals, in one append, files found up to date before this job began them: the
+        rows begin_file then mark_skipped would leave (engine/unchanged.py: the online delta's
+        unchanged files, a scan batch at a time). Returns per file whether it was journaled;
+        False for a path this job may have begun already (a Bloom "maybe", or a job this
+        journal did not create): begin_file must decide that one."""
+        begun = self._begun.get(job_id)
+        if begun is None:
+            return [False] * len(files)
+        error, now_ns = _skip_reason(reason), time.time_ns()
+        done, rows = [], []
+        for f in files:
+            new = begun.add(f.rel_path)
+            done.append(new)
+            if new:  # columns as schema.FILE_COLUMNS; no etag or digest, as mark_skipped
+                file_id, upload_id = self._new_file_id(), self._new_upload_id()
+                rows.append(
+                    (file_id, job_id, f.rel_path, f.size_bytes, f.mtime_ns, f.inode, f.device,
+                     f.blob_name, upload_id, f.block_bytes, int(encrypted), "skipped", None,
+                     None, error, now_ns, None, f.ctime_ns)
+                )  # fmt: skip
+        self._append_rows(SQL_INSERT_FILE, rows, job_id)
+        return done
 
     def ack_block(
         self, file_id: int, index: int, *, length_bytes: int, crc64: int, xxh3_128: bytes

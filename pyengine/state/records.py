@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 STATES = ("planned", "uploading", "committing", "committed", "failed", "skipped")
 #: states whose files still need work on resume
@@ -102,6 +102,20 @@ class FileRecord:
     @property
     def identity(self) -> tuple[int, int, int | None, int, int]:
         return (self.size_bytes, self.mtime_ns, self.ctime_ns, self.inode, self.device)
+
+
+class UnbegunSkip(NamedTuple):
+    """A file found up to date before its job began it (the online delta's unchanged files):
+    what :meth:`Journal.record_skipped` journals for it."""
+
+    rel_path: str
+    size_bytes: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    device: int
+    blob_name: str
+    block_bytes: int
 
 
 @dataclass(frozen=True)

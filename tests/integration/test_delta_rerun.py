@@ -168,3 +168,48 @@ def test_rerun_of_an_encrypted_tree_skips_by_the_listed_encryption_metadata(
     )
     assert again.files_copied == 5 and again.files_resent_for_encryption == 5
     assert _heads(fault_proxy) == []
+
+
+def test_unchanged_files_taken_a_batch_at_once_leave_what_the_per_file_path_leaves(
+    tmp_path, container, azurite, monkeypatch
+):
+    """engine/unchanged.py against copy_file on the same re-run: the same report counts, the
+    same manifest lines (but the job id) and the same journaled states and reasons."""
+    import json
+
+    from pyengine.engine import job as job_mod
+    from pyengine.state.journal import Journal
+
+    src, dest = _rerun_setup(tmp_path, container, azurite)
+    batched: list[int] = []
+    real = job_mod.record_unchanged
+
+    async def counting(ctx, profile, files):
+        batched.append(len(files))
+        return await real(ctx, profile, files)
+
+    def run(tag: str) -> tuple[object, list[dict], list[tuple]]:
+        journal, manifest = tmp_path / f"{tag}.db", tmp_path / f"{tag}.jsonl"
+        opts = _opts(azurite, journal, manifest_path=str(manifest))
+        report = asyncio.run(pyengine.copy(src, dest, opts))
+        lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+        for line in lines:
+            line.pop("job_id")
+        with Journal.open(journal) as j:
+            rows = j._read("SELECT rel_path, state, error, size_bytes, blob_name FROM files")
+        return report, sorted(lines, key=lambda e: e["path"]), sorted(rows)
+
+    assert run("settle")[0].files_copied == 3  # the changed and new files: now all unchanged
+    files = len(NAMES)  # one gone, one new
+    monkeypatch.setattr(job_mod, "record_unchanged", counting)
+    report_b, lines_b, rows_b = run("batched")
+    assert sum(batched) == files  # every file went through the batch
+    monkeypatch.setattr(job_mod, "unchanged_here", lambda ctx, listed: False)
+    report_p, lines_p, rows_p = run("per-file")
+    assert sum(batched) == files  # ... and none the second time
+    for r in (report_b, report_p):
+        assert (r.files_copied, r.files_skipped, r.files_failed) == (0, files, 0)
+    assert report_b.bytes_skipped == report_p.bytes_skipped > 0
+    assert lines_b == lines_p and len(lines_b) == files
+    assert all(e["status"] == "skipped" and e["etag"] and e["blake3"] for e in lines_b)
+    assert rows_b == rows_p and {r[1] for r in rows_b} == {"skipped"}

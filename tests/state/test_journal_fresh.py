@@ -53,7 +53,7 @@ def test_false_positives_of_the_begun_filter_fall_back_to_the_select(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 64 bits for 300 paths: nearly every "new" path looks begun, so each takes the SELECT path
-    monkeypatch.setattr(journal_mod._BegunPaths, "BITS", 64)
+    monkeypatch.setattr(journal_mod.BegunPaths, "BITS", 64)
     with Journal.open(db_path) as j:
         job_id = j.create_job("/pacs", DEST, {})
         firsts = [begin(j, job_id, f"p/{i}", mtime_ns=1) for i in range(300)]
