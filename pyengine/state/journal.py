@@ -425,14 +425,6 @@ class Journal(JournalQueries):
     def mark_skipped(self, file_id: int, reason: str) -> None:
         self._set_state(file_id, "skipped", _skip_reason(reason))
 
-    # --- verifyfin (issue 11): where a finalized device job's files live now ----------------
-    def record_location(self, job_id: str, dest: str, job_prefix: str) -> None:
-        """Durably: job_id's files live at ``dest`` (a redacted blob URL whose prefix replaces
-        ``job_prefix``), for `pyengine verify URL` (JournalQueries.job_locations)."""
-        from pyengine.state.schema import SQL_RECORD_LOCATION
-
-        self._write_now(SQL_RECORD_LOCATION, (job_id, dest, job_prefix, time.time_ns()))
-
 
 __all__ = [
     "FILE_ID_RANGE",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -40,7 +41,8 @@ def shown_status(status: str) -> str:
 
 
 class JournalQueries(GroupCommit):
-    """The journal's read-only queries; Journal adds the uploader's writes on top."""
+    """The journal's queries (and finalize's record_location); Journal adds the uploader's
+    writes on top."""
 
     def find_unfinished_job(self, source: str, dest: str) -> str | None:
         """The most recent unfinished job (running, or interrupted) for this source and
@@ -219,6 +221,14 @@ class JournalQueries(GroupCommit):
                 cursor.close()
         except sqlite3.Error as e:
             raise JournalError(self.path, f"cannot read journal: {e}") from None
+
+    def record_location(self, job_id: str, dest: str, job_prefix: str) -> None:
+        """Durably: job_id's files live at ``dest`` (a redacted blob URL whose prefix replaces
+        ``job_prefix``), for `pyengine verify URL` (job_locations). The one write here: it is
+        finalize's, beside the query verify reads it back with."""
+        from pyengine.state.schema import SQL_RECORD_LOCATION
+
+        self._write_now(SQL_RECORD_LOCATION, (job_id, dest, job_prefix, time.time_ns()))
 
     def job_locations(self) -> list[tuple[str, str, str]]:
         """(job_id, dest, job_prefix) of every job whose files `pyengine finalize` found at
