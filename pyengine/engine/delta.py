@@ -43,7 +43,7 @@ _BATCH = 1000
 _AHEAD_BATCHES = 8
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per listed blob (see wire.BlobProps)
 class ListedBlob:
     """A List Blobs entry as the up-to-date check reads it: metadata names lowercased (as a
     HEAD's ``x-ms-meta-*`` headers give them), the ETag quoted (as a HEAD's ETag header is),

@@ -34,7 +34,9 @@ TOKEN_REFRESH_MARGIN_S = 300.0
 # Request parts
 
 
-@dataclass(frozen=True)
+# slots, not frozen: one per listed blob, and a frozen dataclass sets each field through
+# object.__setattr__ (a µs a blob of the online delta's listing)
+@dataclass(slots=True)
 class BlobProps:
     name: str
     size_bytes: int
