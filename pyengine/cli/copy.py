@@ -380,6 +380,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if info.status not in RESUMABLE_JOB_STATES:
         raise ConfigError(args.job, f"job is {shown_status(info.status)}; nothing to resume")
     dest = args.dest or info.dest
+    if args.dest:
+        from pyengine.targets.open import destination
+
+        # --dest brings a fresh SAS (or key) for the job's own URL, nothing else: another URL
+        # would start a new job there with this one's kept options (--delete-destination)
+        if destination(args.dest).redacted() != info.dest:
+            raise ConfigError(
+                "--dest",
+                f"job {info.job_id} copies to {info.dest}; --dest may only renew the "
+                "credentials of that URL (start a new job for another destination)",
+            )
     opts = _options_from(args)
     saved = info.options
     if saved.get("policy"):  # one tenant's job of a policy copy: the whole run goes on

@@ -18,9 +18,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import queue
-import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -32,7 +31,7 @@ from pyengine.engine.dryrun import DryRunDecider, dry_run
 from pyengine.engine.mirror import DeletionPass
 from pyengine.engine.one_file import FileSteps
 from pyengine.engine.report import CopyReport
-from pyengine.engine.scan import ScanProblem, SourceFile, display_path, scan
+from pyengine.engine.scan import ScanProblem, SourceFile, display_path, scan_batches
 from pyengine.engine.send import Routing, Sender
 from pyengine.engine.taskowner import TaskOwner
 from pyengine.engine.unchanged import record_unchanged
@@ -56,8 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pyengine")
 
-#: scan entries handed from the scanner thread to the loop at once (one thread hop per batch)
-SCAN_BATCH = 256
 #: how often acknowledged blocks are group-committed to the journal
 JOURNAL_FLUSH_S = 0.5
 
@@ -265,49 +262,6 @@ class _Job(FileSteps):
 
     # --- the scan and the files in flight --------------------------------------------------
 
-    async def scan_batches(self, root: str):  # -> AsyncIterator[list[SourceFile | ScanProblem]]
-        """The scan runs in a thread (one lstat per entry blocks); a bounded queue of batches
-        keeps memory flat on a million-file tree."""
-        q: queue.Queue[Any] = queue.Queue(maxsize=8)
-        stop = threading.Event()
-        end = object()
-        opts = self.ctx.options
-
-        def produce() -> None:
-            batch: list[Any] = []
-            try:
-                for item in scan(root, include=opts.include, exclude=opts.exclude):
-                    batch.append(item)
-                    if len(batch) >= SCAN_BATCH:
-                        q.put(batch)
-                        batch = []
-                    if stop.is_set():
-                        return
-                q.put(batch)
-            except BaseException as e:  # handed to the loop, raised there
-                q.put(e)
-            q.put(end)
-
-        thread = threading.Thread(target=produce, name="pyengine-scan", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = await asyncio.to_thread(q.get)
-                if item is end:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    q.get_nowait()
-            # A cancellation during `await to_thread(q.get)` leaves that worker thread waiting on
-            # a producer that has stopped: hand it the end mark so it returns.
-            with contextlib.suppress(queue.Full):
-                q.put_nowait(end)
-
     async def copy_all(self) -> None:
         """Scan, copy every file, and make the journal durable. Every task it starts (files,
         blocks, the periodic journal flush) is owned by one TaskOwner: the first failure
@@ -329,6 +283,12 @@ class _Job(FileSteps):
             finally:
                 window.release()
 
+        async def start_file(src: SourceFile, listed: object) -> None:
+            await window.acquire()
+            t = owner.spawn(one(src, listed))
+            files.add(t)
+            t.add_done_callback(files.discard)
+
         with _core.Pipeline(opts.threads, opts.memory_cap_bytes, opts.direct_io) as pipeline:
             self.attach(pipeline, None)
             loop.add_reader(pipeline.fileno(), self.sender.on_pipeline_ready)
@@ -342,34 +302,10 @@ class _Job(FileSteps):
                         flusher = owner.spawn(
                             self._flush_journal_periodically(), name="pyengine-journal-flush"
                         )
-                    batches = self.scan_batches(ctx.source)
+                    batches = scan_batches(ctx.source, opts.include, opts.exclude)
                     async with contextlib.aclosing(batches):
                         async for batch in batches:
-                            self.mirror.claim_names(batch)
-                            unchanged: list[tuple[SourceFile, Any]] = []
-                            for item in batch:
-                                if isinstance(item, ScanProblem):
-                                    if self.mirror.scan_problem(item):  # a file: it fails
-                                        await self.refuse(
-                                            item.rel_path or item.path, item.reason, size_bytes=0
-                                        )
-                                    continue
-                                listed = await self.delta_lookup(item)
-                                if self.delta_inline(item, listed):
-                                    if unchanged_here(ctx, listed):  # type: ignore[arg-type]
-                                        unchanged.append((item, listed))
-                                    else:
-                                        await self.copy_file(item, listed=listed)
-                                    continue
-                                await window.acquire()
-                                t = owner.spawn(one(item, listed))
-                                files.add(t)
-                                t.add_done_callback(files.discard)
-                            if unchanged:  # the delta's unchanged files, a batch at once
-                                for item, listed in await record_unchanged(
-                                    ctx, self.profile, unchanged
-                                ):
-                                    await self.copy_file(item, listed=listed)
+                            await self.copy_batch(batch, start_file)
                     if self.delta is not None:
                         await self.delta.finish()  # the rest of the listing: gone at source
                     while files:
@@ -384,6 +320,39 @@ class _Job(FileSteps):
             finally:
                 self.attach(pipeline, None)
                 loop.remove_reader(pipeline.fileno())
+
+    async def copy_batch(
+        self, batch: list[SourceFile | ScanProblem], start_file: Callable[..., Awaitable[None]]
+    ) -> None:
+        """One scan batch: each file decided in this loop (refused, or shown unchanged by the
+        delta's listing) or handed to ``start_file`` for a task of its own."""
+        ctx = self.ctx
+        self.mirror.claim_names(batch)
+        unchanged: list[tuple[SourceFile, Any]] = []
+        try:
+            for item in batch:
+                if isinstance(item, ScanProblem):
+                    if self.mirror.scan_problem(item):  # a file: it fails
+                        await self.refuse(item.rel_path or item.path, item.reason, size_bytes=0)
+                    continue
+                listed = await self.delta_lookup(item)
+                if not self.delta_inline(item, listed):
+                    await start_file(item, listed)
+                elif unchanged_here(ctx, listed):  # type: ignore[arg-type]
+                    unchanged.append((item, listed))
+                else:
+                    await self.copy_file(item, listed=listed)
+        except asyncio.CancelledError:
+            # stopped mid-batch: what was decided is recorded, as the per-file path would have
+            # recorded it already
+            record_unchanged(ctx, self.profile, unchanged)
+            raise
+        if unchanged:  # the delta's unchanged files, a batch at once
+            left, due = record_unchanged(ctx, self.profile, unchanged)
+            if due and ctx.manifest is not None:
+                await ctx.manifest.flush()
+            for item, listed in left:
+                await self.copy_file(item, listed=listed)
 
     def files_window(self) -> int:
         """Files in flight at once (a distributed job: per worker, distributed/driver.py)."""

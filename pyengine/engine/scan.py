@@ -8,12 +8,17 @@ never by the size of the tree. The order is blob-listing order (see :func:`_list
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import os
+import queue
 import re
 import stat
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pyengine.errors import SourceError
 
@@ -370,4 +375,61 @@ def _list_dir(path: str) -> list[str] | str:
     return [name for _, name in keyed]
 
 
-__all__ = ["PathFilter", "ScanProblem", "SourceFile", "display_path", "restat", "scan"]
+#: scan entries handed from the scanner thread to the loop at once (one thread hop per batch)
+SCAN_BATCH = 256
+
+
+async def scan_batches(
+    root: str, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> AsyncIterator[list[SourceFile | ScanProblem]]:
+    """The scan runs in a thread (one lstat per entry blocks); a bounded queue of batches
+    keeps memory flat on a million-file tree."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=8)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        batch: list[Any] = []
+        try:
+            for item in scan(root, include=include, exclude=exclude):
+                batch.append(item)
+                if len(batch) >= SCAN_BATCH:
+                    q.put(batch)
+                    batch = []
+                if stop.is_set():
+                    return
+            q.put(batch)
+        except BaseException as e:  # handed to the loop, raised there
+            q.put(e)
+        q.put(end)
+
+    thread = threading.Thread(target=produce, name="pyengine-scan", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = await asyncio.to_thread(q.get)
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                q.get_nowait()
+        # A cancellation during `await to_thread(q.get)` leaves that worker thread waiting on
+        # a producer that has stopped: hand it the end mark so it returns.
+        with contextlib.suppress(queue.Full):
+            q.put_nowait(end)
+
+
+__all__ = [
+    "PathFilter",
+    "ScanProblem",
+    "SourceFile",
+    "display_path",
+    "restat",
+    "scan",
+    "scan_batches",
+]

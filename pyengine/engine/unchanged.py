@@ -46,12 +46,13 @@ def takes(ctx: JobContext, listed: ListedBlob) -> bool:
     return mn.ENCRYPTION_DATA not in md and meta_get(md, mn.JOB_ID) != ctx.report.job_id
 
 
-async def record_unchanged(ctx: JobContext, profile: Any, files: Pairs) -> Pairs:
+def record_unchanged(ctx: JobContext, profile: Any, files: Pairs) -> tuple[Pairs, bool]:
     """Skips ``files`` (each passed delta.listed_unchanged and :func:`takes`) as copy_file
     would: journaled skipped, counted, a manifest line and an event each. ``profile``: the
-    destination's limits (targets/profile.py). Returns the files left to copy_file: a name or
-    a size the destination refuses (copy_file refuses it with the reason), a path the journal
-    may have begun."""
+    destination's limits (targets/profile.py). Returns the files left to copy_file (a name or
+    a size the destination refuses: copy_file refuses it with the reason; a path the journal
+    may have begun), and whether the manifest is due for a flush. Never awaits: a job being
+    stopped still records what it decided (the lines wait in the manifest's buffer)."""
     assert ctx.journal is not None
     opts, prefix = ctx.options, ctx.dest.prefix
     max_len = min(name_limit(ctx.dest), profile.max_name_chars)
@@ -111,6 +112,5 @@ async def record_unchanged(ctx: JobContext, profile: Any, files: Pairs) -> Pairs
                 **ctx.manifest_extra(src.rel_path),
             )
         )
-    if ctx.manifest is not None:
-        await ctx.manifest.write_many(entries)
-    return left
+    due = ctx.manifest is not None and ctx.manifest.add_many(entries)
+    return left, due

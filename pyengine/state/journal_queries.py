@@ -169,7 +169,8 @@ class JournalQueries(GroupCommit):
 
         ``relocated``: (job_id, job_prefix, at_prefix) of jobs whose files now live elsewhere
         (:meth:`job_locations`): their blobs are named ``at_prefix`` + the blob name after
-        ``job_prefix``, and compete for the newest version with the others under that name.
+        ``job_prefix``, and compete for the newest version with the others under that name,
+        aged by when finalize found them there.
         Records carry the name as at the destination.
 
         One read cursor, paged with fetchmany: nothing per blob stays in memory here (SQLite's
@@ -178,7 +179,7 @@ class JournalQueries(GroupCommit):
         # (job_id, the prefix its blob names lose, the prefix they gain): "" and "" for a job
         # whose names are already those of the destination
         relocated = list(relocated)
-        sources = [(job_id, "", "") for job_id in job_ids] + relocated
+        sources = [(job_id, "", "", 0) for job_id in job_ids] + [(*r, 1) for r in relocated]
         if not sources:
             return
         self._flush_if_any()
@@ -190,13 +191,17 @@ class JournalQueries(GroupCommit):
         else:  # every name as journaled: no string built per row
             name, moved = "f.blob_name", ""
         sql = (
-            "WITH s(job_id, job_prefix, at_prefix) AS"
-            f" (VALUES {', '.join(['(?, ?, ?)'] * len(sources))})"
+            "WITH s(job_id, job_prefix, at_prefix, moved) AS"
+            f" (VALUES {', '.join(['(?, ?, ?, ?)'] * len(sources))})"
             f" SELECT {columns}, {name} AS name FROM s"
             " JOIN files f ON f.job_id = s.job_id JOIN jobs j ON j.job_id = f.job_id"
+            " LEFT JOIN job_locations l ON s.moved AND l.job_id = s.job_id"
             f" WHERE f.state = 'committed'{moved}"
             f" AND substr({name}, 1, ?) = ?"
-            " ORDER BY name, j.created_ns DESC, j.job_id DESC"
+            # a relocated job's blobs arrived when the device was imported, before finalize
+            # found them (recorded_ns), long after the job was created: that is its age
+            " ORDER BY name, CASE WHEN s.moved THEN l.recorded_ns ELSE j.created_ns END DESC,"
+            " j.job_id DESC"
         )
         params = [value for source in sources for value in source]
         last_name = None

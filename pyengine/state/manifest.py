@@ -271,14 +271,13 @@ class ManifestWriter(_ManifestBuffer):
         if self._add(entry):
             await self.flush()
 
-    async def write_many(self, entries: Iterable[ManifestEntry]) -> None:
-        """write() of several entries with one await (a batch of the online delta's unchanged
-        files)."""
+    def add_many(self, entries: Iterable[ManifestEntry]) -> bool:
+        """Buffers several lines without awaiting (a batch of the online delta's unchanged
+        files, recorded even by a job being stopped); True when a flush() is due."""
         due = False
         for entry in entries:
             due = self._add(entry) or due
-        if due:
-            await self.flush()
+        return due
 
     async def flush(self) -> None:
         """Hand the buffered lines to the OS (not fsync'd: close does that)."""

@@ -75,7 +75,8 @@ SQL_CREATE_JOB_LOCATIONS = """CREATE TABLE IF NOT EXISTS job_locations (
     dest TEXT NOT NULL,
     job_prefix TEXT NOT NULL,
     recorded_ns INTEGER NOT NULL,
-    PRIMARY KEY (job_id, dest)
+    -- one place per job: a later finalize (the right --dest after a wrong one) replaces it
+    PRIMARY KEY (job_id)
 ) WITHOUT ROWID"""
 SQL_RECORD_LOCATION = (
     "INSERT OR REPLACE INTO job_locations (job_id, dest, job_prefix, recorded_ns)"

@@ -168,7 +168,7 @@ async def _check_dest(
             checker.missing(record)
             record = next(records, None)
         elif record is None or props.name < record.blob_name:
-            _unknown(checker.report, props, set(job_ids))
+            _unknown(checker.report, props, {*job_ids, *(r[0] for r in relocated)})
             props = await anext(listing, None)
         else:
             lowered = BlobProps(

@@ -5,7 +5,6 @@ handed back to that path. A real journal in a temporary directory; no destinatio
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -52,8 +51,9 @@ class _Manifest:
     def __init__(self) -> None:
         self.entries: list = []
 
-    async def write_many(self, entries) -> None:
+    def add_many(self, entries) -> bool:
         self.entries.extend(entries)
+        return False
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def _row(journal: Journal, job_id: str, rel_path: str) -> tuple:
 
 def test_batch_leaves_the_rows_counts_and_manifest_of_the_per_file_path(ctx):
     files = [_src(f"d/f{i}.dcm", size=i) for i in range(5)]
-    left = asyncio.run(record_unchanged(ctx, PROFILE, [(f, _listed(f)) for f in files]))
+    left, _ = record_unchanged(ctx, PROFILE, [(f, _listed(f)) for f in files])
     assert left == []
     assert (ctx.report.files_skipped, ctx.report.bytes_skipped) == (5, sum(range(5)))
     # what begin_file + mark_skipped leave for the same file in the same job
@@ -139,7 +139,7 @@ def test_a_path_already_begun_and_a_refused_name_go_back_to_the_per_file_path(ct
     )
     short = SimpleNamespace(**{**vars(PROFILE), "max_name_chars": 30})
     pairs = [(f, _listed(f)) for f in (begun, long_name, fine)]
-    left = asyncio.run(record_unchanged(ctx, short, pairs))
+    left, _ = record_unchanged(ctx, short, pairs)
     assert [f.rel_path for f, _ in left] == [long_name.rel_path, begun.rel_path]
     assert ctx.report.files_skipped == 1
     assert [e.path for e in ctx.manifest.entries] == ["a/fine"]
@@ -165,5 +165,5 @@ def test_a_job_this_journal_did_not_create_takes_nothing(tmp_path, ctx):
     with Journal.open(tmp_path / "j.db") as other:  # another process's view of the same job
         ctx.journal = other
         pairs = [(_src("q"), _listed(_src("q")))]
-        left = asyncio.run(record_unchanged(ctx, PROFILE, pairs))
+        left, _ = record_unchanged(ctx, PROFILE, pairs)
     assert left == pairs and ctx.report.files_skipped == 0

@@ -184,9 +184,9 @@ def test_unchanged_files_taken_a_batch_at_once_leave_what_the_per_file_path_leav
     batched: list[int] = []
     real = job_mod.record_unchanged
 
-    async def counting(ctx, profile, files):
+    def counting(ctx, profile, files):
         batched.append(len(files))
-        return await real(ctx, profile, files)
+        return real(ctx, profile, files)
 
     def run(tag: str) -> tuple[object, list[dict], list[tuple]]:
         journal, manifest = tmp_path / f"{tag}.db", tmp_path / f"{tag}.jsonl"
@@ -213,3 +213,42 @@ def test_unchanged_files_taken_a_batch_at_once_leave_what_the_per_file_path_leav
     assert lines_b == lines_p and len(lines_b) == files
     assert all(e["status"] == "skipped" and e["etag"] and e["blake3"] for e in lines_b)
     assert rows_b == rows_p and {r[1] for r in rows_b} == {"skipped"}
+
+
+def test_a_stop_mid_batch_still_records_the_unchanged_files_it_decided(
+    tmp_path, container, azurite, monkeypatch
+):
+    """Files the batch path decided unchanged before a stop (SIGINT cancels the job's task)
+    get their journal row and manifest line, as the per-file path had given them at once."""
+    import json
+
+    from pyengine.engine import job as job_mod
+    from pyengine.state.journal import Journal
+
+    src = tmp_path / "src"
+    names = [f"d{i // 100}/f{i:04d}" for i in range(400)]  # two scan batches and a half
+    _write_tree(src, names)
+    first = asyncio.run(pyengine.copy(src, container, _opts(azurite, tmp_path / "j1.db")))
+    assert first.files_copied == len(names)
+    real = job_mod._Job.delta_lookup
+    calls = []
+
+    async def stop_at_the_300th(self, item):
+        calls.append(item.rel_path)
+        if len(calls) == 300:  # inside the second batch of 256
+            raise asyncio.CancelledError
+        return await real(self, item)
+
+    monkeypatch.setattr(job_mod._Job, "delta_lookup", stop_at_the_300th)
+    journal, manifest = tmp_path / "j2.db", tmp_path / "m2.jsonl"
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(
+            pyengine.copy(src, container, _opts(azurite, journal, manifest_path=str(manifest)))
+        )
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert sorted(e["path"] for e in lines) == sorted(calls[:299])
+    assert {e["status"] for e in lines} == {"skipped"}
+    with Journal.open(journal) as j:
+        (job,) = j.list_jobs()
+        assert job.status == "interrupted"
+        assert j.summary(job.job_id).files_skipped == 299

@@ -80,7 +80,13 @@ def test_resumed_databox_job_keeps_target_ca_cert_tier_tags_and_put_md5(
         "value, or start a new job"
     ]
 
+    # another URL (a prefix left out while pasting a fresh SAS) would start a new job there
+    # with this one's kept options: refused, nothing sent
     databox.log.clear()
+    elsewhere = resume(azurite, first.job_id, journal, "--dest", databox.url(container + "/x/"))
+    assert elsewhere.returncode == 2
+    assert elsewhere.stderr.startswith("error: --dest: job ") and databox.log == []
+
     run = resume(azurite, first.job_id, journal, "--json")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr
     summary = json.loads(run.stdout.strip().splitlines()[-1])

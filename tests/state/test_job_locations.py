@@ -70,3 +70,25 @@ def test_relocated_job_blobs_are_renamed_and_a_newer_job_wins_a_shared_name(
         # a prefix below the relocation point filters the moved names as it does the others
         deeper = j.iter_committed_by_blob([delta], name_prefix="acct/c", relocated=moved)
         assert [(r.blob_name, r.job_id) for r in deeper] == [("acct/c", device)]
+
+
+def test_a_relocated_job_is_as_new_as_its_finalize_not_its_creation(db_path: Path) -> None:
+    """The device's blobs arrive at import, after a direct job created meanwhile wrote the same
+    name: the imported version is the one there, and verify must judge it by the device job."""
+    with Journal.open(db_path) as j:
+        device = j.create_job("/pacs", "https://dbx/archive/dev", {})
+        commit(j, device, "b", "dev/b", "device-b")
+        direct = j.create_job("/pacs", DEST, {})  # created after the device job, before import
+        commit(j, direct, "b", "acct/b", "direct-b")
+        j.record_location(device, DEST, "dev/")  # finalize, once the import landed
+        moved = [(device, "dev/", "acct/")]
+        seen = j.iter_committed_by_blob([direct], name_prefix="acct/", relocated=moved)
+        assert [(r.blob_name, r.blake3_hex) for r in seen] == [("acct/b", "device-b")]
+
+
+def test_a_later_finalize_of_the_same_job_replaces_its_location(db_path: Path) -> None:
+    with Journal.open(db_path) as j:
+        job = j.create_job("/pacs", "https://dbx/archive/dev", {})
+        j.record_location(job, DEST + "/wrong", "dev/")
+        j.record_location(job, DEST + "/right", "dev/")
+        assert j.job_locations() == [(job, DEST + "/right", "dev/")]
