@@ -36,6 +36,10 @@ HEAD_MAX_BYTES = 64 * 1024
 OTHER_BODY_MAX_BYTES = 1024 * 1024
 
 
+def _no_progress() -> None:
+    pass
+
+
 class RangeAnswer:
     """What rest.py's request core reads of an answer (as of an aiohttp ClientResponse)."""
 
@@ -64,7 +68,7 @@ class _BodyProtocol(asyncio.BufferedProtocol):
         self._need = 0
         self._ok: tuple[int, ...] = ()
         self._waiter: asyncio.Future[None] | None = None
-        self._progress: Callable[[], None] = lambda: None
+        self._progress: Callable[[], None] = _no_progress
         self.status = 0
         self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
         self.keep_alive = True
@@ -88,6 +92,7 @@ class _BodyProtocol(asyncio.BufferedProtocol):
         """Forget the caller's buffer (its exchange was abandoned): nothing more is written to
         it, even by bytes a TLS layer still holds."""
         self._state, self._into, self._waiter = "idle", memoryview(b""), None
+        self._progress = _no_progress
 
     def body(self) -> memoryview | bytes:
         return self._into[: self._filled] if self._state_was_range else bytes(self._other)
@@ -317,6 +322,9 @@ class RangeClient:
             proto.transport.abort()  # cancelled or failed mid-answer: the connection is spent
             raise
         answer, body = RangeAnswer(proto.status, proto.headers), proto.body()
+        # an idle connection must not keep the buffer alive: the pool may drop it (its bytes
+        # then leave the process, as the cap's accounting says)
+        proto.detach()
         if proto.keep_alive and not proto.closed and len(self._idle) < self._limit:
             self._idle.append(proto)
         else:
