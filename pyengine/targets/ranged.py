@@ -3,9 +3,10 @@
 aiohttp hands a response body over as pieces: one fresh bytes object per socket read, a second
 copy cut out by its HTTP parser, then ours into the pooled buffer. Here the socket's recv_into
 writes the body into that buffer itself (asyncio's BufferedProtocol: get_buffer returns the
-unfilled part of the range's buffer), so the only copy is the kernel's. Measured on the 2-core
-box against nginx (8 MiB ranges, 16 in flight, event-loop thread only): 1.03 CPU-s/GB through
-aiohttp's StreamReader, 0.82 this way; the whole-restore figures are in the issue 12 notes.
+unfilled part of the range's buffer), so the only copy is the kernel's. `bench download` on the
+shared 2-core box (2 GiB encrypted, 512 MiB cap, medians of 3, same run): the restore's
+event-loop thread 1.05 CPU-s/GB through aiohttp's StreamReader, 0.59 this way (the process
+1.94 -> 1.45 with the pool change in restore/download.py).
 
 It does only what restore's ranged reads need, and the rest stays with the caller (rest.py):
 signing, the pacer's retries and concurrency limit, the stall watch. HTTP/1.1 GET on keep-alive
