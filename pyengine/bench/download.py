@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -198,6 +199,14 @@ class DownloadRun:
     files: int
     seconds: float
     peak_rss_mib: float = 0.0
+    #: user + system CPU seconds of the client process (its threads included), not the server's
+    cpu_s: float = 0.0
+    #: of which the event loop's thread (ours: the rest is the native writer's threads)
+    loop_cpu_s: float = 0.0
+
+    @property
+    def cpu_s_per_gb(self) -> float:
+        return self.cpu_s / (self.total_bytes / GB) if self.total_bytes else 0.0
 
     @property
     def gbps(self) -> float:
@@ -205,10 +214,16 @@ class DownloadRun:
 
 
 #: The child that runs our restore and prints its own peak RSS (VmHWM of its own address space;
-#: getrusage's ru_maxrss of a child would carry the bench parent's RSS across fork + exec).
+#: getrusage's ru_maxrss of a child would carry the bench parent's RSS across fork + exec) and
+#: the CPU seconds of the restore alone (its start-up imports excluded: they are not per GB).
 _CHILD = (
-    "import sys; from pyengine.cli.main import main; rc = main(sys.argv[1:]); "
+    "import resource, sys, time; from pyengine.cli.main import main; "
+    "import pyengine.engine.restore, pyengine.targets.azure_blob; "
+    "ru = resource.getrusage(resource.RUSAGE_SELF); c0 = ru.ru_utime + ru.ru_stime; "
+    "t0 = time.thread_time(); rc = main(sys.argv[1:]); loop_s = time.thread_time() - t0; "
+    "ru = resource.getrusage(resource.RUSAGE_SELF); "
     "hwm = open('/proc/self/status').read().split('VmHWM:')[1].split()[0]; "
+    "print('cpu_s', ru.ru_utime + ru.ru_stime - c0, loop_s, file=sys.stderr); "
     "print('peak_rss_kib', hwm, file=sys.stderr); sys.exit(rc)"
 )
 
@@ -229,17 +244,27 @@ def _ours(server: FileServer, prefix: str, out: Path, kek_file: Path | None, arg
     if proc.returncode != 0:
         raise PyEngineError("restore", proc.stderr.strip()[-500:] or "failed")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    peak_kib = int(proc.stderr.strip().splitlines()[-1].split()[-1])
-    return summary, peak_kib / 1024
+    tail = proc.stderr.strip().splitlines()
+    peak_kib = int(tail[-1].split()[-1])
+    cpu_s, loop_cpu_s = (float(v) for v in tail[-2].split()[1:3])
+    return summary, peak_kib / 1024, cpu_s, loop_cpu_s
 
 
-async def _sdk(server: FileServer, names: list[str], out: Path, concurrency: int) -> float:
+def _cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+async def _sdk(
+    server: FileServer, names: list[str], out: Path, concurrency: int
+) -> tuple[float, float]:
+    """Seconds and CPU seconds (this process: the SDK's loop) of the SDK's download."""
     from azure.storage.blob.aio import BlobServiceClient
 
     out.mkdir(parents=True, exist_ok=True)
     async with BlobServiceClient.from_connection_string(server.connection_string) as svc:
         container = svc.get_container_client(CONTAINER)
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), _cpu_s()
         if len(names) == 1:
             stream = await container.download_blob(names[0], max_concurrency=concurrency)
             with open(out / "large.bin", "wb") as f:
@@ -255,7 +280,7 @@ async def _sdk(server: FileServer, names: list[str], out: Path, concurrency: int
                         await stream.readinto(f)
 
             await asyncio.gather(*(worker() for _ in range(min(concurrency, len(names)))))
-        return time.perf_counter() - start
+        return time.perf_counter() - start, _cpu_s() - cpu0
 
 
 def run_download(args: Any, say: Any) -> dict[str, Any]:
@@ -281,25 +306,31 @@ def run_download(args: Any, say: Any) -> dict[str, Any]:
                 ("small", "small/", small_names),
             ):
                 out = workdir / f"out-{label}"
-                summary, peak = _ours(server, prefix, out, kek_file, args)
+                summary, peak, cpu_s, loop_cpu_s = _ours(server, prefix, out, kek_file, args)
                 total = summary["bytes_copied"]
                 ours = DownloadRun(f"pyengine {label}", total, len(names), summary["elapsed_s"],
-                                   peak)  # fmt: skip
+                                   peak, cpu_s, loop_cpu_s)  # fmt: skip
                 shutil.rmtree(out, ignore_errors=True)
-                say(f"pyengine {label}: {ours.gbps:.2f} GB/s, peak RSS {peak:.0f} MiB")
-                seconds = asyncio.run(
+                loop_per_gb = loop_cpu_s / total * GB if total else 0.0
+                say(f"pyengine {label}: {ours.gbps:.2f} GB/s, peak RSS {peak:.0f} MiB, "
+                    f"{ours.cpu_s_per_gb:.2f} CPU-s/GB (event loop {loop_per_gb:.2f})")  # fmt: skip
+                seconds, sdk_cpu_s = asyncio.run(
                     _sdk(server, names, workdir / f"sdk-{label}", args.max_concurrency)
                 )
                 stored = sum(
                     (root / DEV_ACCOUNT_NAME / CONTAINER / n).stat().st_size for n in names
                 )
-                sdk = DownloadRun(f"sdk {label}", stored, len(names), seconds)
+                sdk = DownloadRun(f"sdk {label}", stored, len(names), seconds, cpu_s=sdk_cpu_s)
                 shutil.rmtree(workdir / f"sdk-{label}", ignore_errors=True)
-                say(f"sdk {label}: {sdk.gbps:.2f} GB/s")
+                say(f"sdk {label}: {sdk.gbps:.2f} GB/s, {sdk.cpu_s_per_gb:.2f} CPU-s/GB")
                 results["runs"].append(
                     {
-                        "ours": {**asdict(ours), "gbps": ours.gbps},
-                        "sdk": {**asdict(sdk), "gbps": sdk.gbps},
+                        "ours": {
+                            **asdict(ours),
+                            "gbps": ours.gbps,
+                            "cpu_s_per_gb": ours.cpu_s_per_gb,
+                        },
+                        "sdk": {**asdict(sdk), "gbps": sdk.gbps, "cpu_s_per_gb": sdk.cpu_s_per_gb},
                         "ratio": ours.gbps / sdk.gbps if sdk.gbps else 0.0,
                     }
                 )
@@ -319,7 +350,7 @@ def print_download(results: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
     table = Table(title=f"download (decrypt+verify: {results['encrypt']})")
-    for col in ("run", "files", "GB", "s", "GB/s", "vs SDK", "peak RSS MiB"):
+    for col in ("run", "files", "GB", "s", "GB/s", "vs SDK", "CPU-s/GB", "peak RSS MiB"):
         table.add_column(col)
     for r in results["runs"]:
         for side in ("ours", "sdk"):
@@ -328,6 +359,7 @@ def print_download(results: dict[str, Any], console: Any) -> None:
                 run["label"], str(run["files"]), f"{run['total_bytes'] / GB:.2f}",
                 f"{run['seconds']:.2f}", f"{run['gbps']:.2f}",
                 f"{r['ratio']:.2f}x" if side == "ours" else "",
+                f"{run['cpu_s_per_gb']:.2f}",
                 f"{run['peak_rss_mib']:.0f}" if side == "ours" else "",
             )  # fmt: skip
     console.print(table)

@@ -34,6 +34,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("dest_dir", help="directory to restore into (created if missing)")
     add_credential_flags(p)
     p.add_argument("--kek-file", help="key-encryption key of encrypted blobs (32 raw bytes)")
+    p.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="migration policy (TOML) of the copy: each blob decrypted with the key of the tenant "
+        "whose destination covers it (not with --kek-file)",
+    )
     p.add_argument("--job", default=None, help="restore only the blobs this copy job committed")
     p.add_argument("--study", default=None, metavar="UID", help="only blobs tagged studyuid=UID")
     p.add_argument("--tenant", default=None, help="only blobs tagged tenant=TENANT")
@@ -76,11 +82,19 @@ def options_from(args: argparse.Namespace) -> Any:
     for name in ("threads", "concurrency"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name}", "must be at least 1")
+    policy = None
+    if args.policy is not None:
+        if args.kek_file:
+            raise ConfigError("--kek-file", "not with --policy (the policy names each key)")
+        from pyengine.policy import load_policy
+
+        policy = load_policy(args.policy)
     return RestoreOptions(
         threads=args.threads,
         memory_cap_bytes=args.memory_cap,
         max_concurrency=args.concurrency,
         kek=load_kek_file(args.kek_file) if args.kek_file else None,
+        policy=policy,
         include=tuple(args.include),
         exclude=tuple(args.exclude),
         job_id=args.job,

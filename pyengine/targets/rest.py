@@ -39,6 +39,7 @@ from pyengine.targets.pacer import (
     RetryableHTTPError,
 )
 from pyengine.targets.profile import AZURE, TargetProfile
+from pyengine.targets.ranged import RangeClient
 from pyengine.targets.tls import CertificateProblem, certificate_reason, ssl_context
 from pyengine.targets.wire import (
     _NO_PERMISSION_CODES,
@@ -84,6 +85,8 @@ class RestClient:
         self._stats = BlobStats()
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        #: restore's ranged reads (``into``): the body straight into the caller's buffer
+        self._ranges: RangeClient | None = None
         self._sas: str | None = None
         self._key: bytes | None = None
         self._token: _TokenCache | None = None
@@ -119,6 +122,7 @@ class RestClient:
             auto_decompress=False,
             skip_auto_headers=("Content-Type",),
         )
+        self._ranges = RangeClient(self._origin, self._ssl, limit=self._max_connections)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -128,6 +132,9 @@ class RestClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._ranges is not None:
+            self._ranges.close()
+            self._ranges = None
         close = getattr(self._credential, "close", None)
         if self._token is not None and close is not None:
             await close()
@@ -156,8 +163,8 @@ class RestClient:
         """Send one signed request through the pacer; returns (status, headers, body).
 
         A status in ``tolerate`` is returned instead of raised (e.g. 404 for "absent"). With
-        ``into`` (restore), a successful answer's body is copied into that buffer as it arrives
-        and the body returned is the filled part of it (no joined copy, no fresh allocation).
+        ``into`` (restore's ranged GET), a successful answer's body is received straight into that
+        buffer (ranged.py: the socket writes it there) and the body returned is the filled part.
         """
         assert self._session is not None, "BlobStore used outside 'async with'"
         query = query or {}
@@ -165,7 +172,8 @@ class RestClient:
         qs = urlencode(query, quote_via=quote, safe="") if query else ""
         if self._sas:
             qs = f"{qs}&{self._sas}" if qs else self._sas
-        url = URL(f"{self._origin}{path}?{qs}" if qs else f"{self._origin}{path}", encoded=True)
+        target = f"{path}?{qs}" if qs else path
+        url = URL(f"{self._origin}{target}", encoded=True)
         subject = self.dest.container_url if name is None else self.dest.blob_url(name)
         size_bytes = 0 if body is None else memoryview(body).nbytes
         base_headers = {"x-ms-version": self.profile.api_version, **(headers or {})}
@@ -185,6 +193,12 @@ class RestClient:
             self._stats.requests += 1
             self._stats.bytes_sent += size_bytes
             async with self.pacer.stall_watch() as watch:
+                if into is not None and body is None and self._ranges is not None:
+                    # restore's ranged read: the body lands in its pooled buffer (ranged.py)
+                    answer, content = await self._ranges.get(
+                        target, hdrs, into, ok=ok, progress=watch.touch
+                    )
+                    return answer, content, hdrs.get("authorization")
                 data = (
                     None
                     if body is None
@@ -193,10 +207,6 @@ class RestClient:
                 try:
                     async with self._session.request(method, url, headers=hdrs, data=data) as resp:
                         watch.touch()
-                        if into is not None and resp.status in ok:
-                            # restore: the body goes straight into its pooled buffer
-                            filled = await _read_into(resp, into, watch)
-                            return resp, filled, hdrs.get("authorization")
                         parts = []
                         async for piece in resp.content.iter_any():
                             watch.touch()
@@ -270,17 +280,3 @@ class RestClient:
         return DestinationError(subject, redact(f"{what}: HTTP {exc.status} {exc.message}{tail}"))
 
     # ---- control plane ------------------------------------------------------------------
-
-
-async def _read_into(resp: Any, into: memoryview, watch: Any) -> Any:
-    """Copy a response body into ``into``; the filled part. A body longer than the buffer is
-    a broken answer (the range asked for fits it): it fails like a cut-off transfer."""
-    filled = 0
-    async for piece in resp.content.iter_any():
-        watch.touch()
-        end = filled + len(piece)
-        if end > len(into):
-            raise aiohttp.ClientPayloadError("answer longer than the range asked for")
-        into[filled:end] = piece
-        filled = end
-    return into[:filled]

@@ -169,3 +169,35 @@ def test_writer_refuses_a_misaligned_middle_range(tmp_path):
     with pytest.raises(ValueError, match="power of two"):
         writer.submit(1, 0, 1, offset_bytes=0, plain_bytes=3000, data=b"x" * 3000)
     writer.close()
+
+
+@pytest.mark.parametrize("where", ["nonce", "ciphertext", "tag"])
+def test_writer_names_a_range_altered_in_transit_by_its_crc64_when_encrypted(tmp_path, where):
+    # The CRC64 is folded into the decrypt pass: a byte changed after the service computed it
+    # (nonce, ciphertext or tag of the second region) is a CRC64 failure, not a GCM one, and an
+    # unaltered range with the service's CRC64 passes.
+    key = os.urandom(32)
+    plain = pattern(REGION + 5000)
+    stored = encrypt(plain, key)
+    at = {"nonce": REGION + 28 + 3, "ciphertext": REGION + 28 + 12 + 4000, "tag": len(stored) - 1}
+    altered = bytearray(stored)
+    altered[at[where]] ^= 0x40
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    writer = _core.Writer(2)
+    for file_id, data in ((1, bytes(altered)), (2, stored)):
+        writer.submit(
+            file_id,
+            0,
+            fd,
+            offset_bytes=0,
+            plain_bytes=len(plain),
+            data=data,
+            content_key=key,
+            last=True,
+            crc64=_core.crc64(stored),
+        )
+    events = {e.file_id: e for e in drain(writer, 2)}
+    writer.close()
+    os.close(fd)
+    assert not events[1].ok and "CRC64 differs" in events[1].reason
+    assert events[2].ok, events[2].reason

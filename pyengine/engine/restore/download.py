@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import mmap
 import os
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -20,6 +21,19 @@ from typing import Any
 from pyengine import _core
 from pyengine.engine.restore.plan import MAX_CRC64_RANGE_BYTES, RangeLayout
 from pyengine.engine.restore.state import PartState
+
+Buffer = bytearray | mmap.mmap
+
+
+def _new_buffer(size: int) -> Buffer:
+    """A pool buffer, its pages made resident in one call (MAP_POPULATE) where Linux has it:
+    bytearray(size) zero-fills page by page, one fault each, and the cap's buffers are all
+    touched in the first seconds of a large restore. Measured on the 2-core box: 0.73 CPU-s per
+    GB of buffers allocated and first written with bytearray, 0.39 with MAP_POPULATE."""
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if not populate:
+        return bytearray(size)
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
 
 
 class RangeFailed(Exception):
@@ -46,17 +60,15 @@ class BufferPool:
         self.cap_bytes = cap_bytes
         self.allocated_bytes = 0
         self.peak_bytes = 0
-        self._free: dict[int, list[bytearray]] = collections.defaultdict(list)
+        self._free: dict[int, list[Buffer]] = collections.defaultdict(list)
         self._free_bytes = 0
-        self._waiters: collections.deque[tuple[int, asyncio.Future[bytearray]]] = (
-            collections.deque()
-        )
+        self._waiters: collections.deque[tuple[int, asyncio.Future[Buffer]]] = collections.deque()
 
     def _size_class(self, n: int) -> int:
         size = -(-max(n, 1) // self.GRAIN_BYTES) * self.GRAIN_BYTES
         return min(size, max(self.cap_bytes, n))  # one range larger than the cap still runs
 
-    def _try_take(self, size: int) -> bytearray | None:
+    def _try_take(self, size: int) -> Buffer | None:
         free = self._free.get(size)
         if free:
             self._free_bytes -= size
@@ -71,14 +83,14 @@ class BufferPool:
             return None
         self.allocated_bytes += size
         self.peak_bytes = max(self.peak_bytes, self.allocated_bytes)
-        return bytearray(size)
+        return _new_buffer(size)
 
     @asynccontextmanager
     async def buffer(self, n: int):  # type: ignore[no-untyped-def]
         size = self._size_class(n)
         buf = None if self._waiters else self._try_take(size)
         if buf is None:
-            fut: asyncio.Future[bytearray] = asyncio.get_running_loop().create_future()
+            fut: asyncio.Future[Buffer] = asyncio.get_running_loop().create_future()
             self._waiters.append((size, fut))
             try:
                 buf = await fut
@@ -93,7 +105,7 @@ class BufferPool:
         finally:
             self._give_back(buf)
 
-    def _give_back(self, buf: bytearray) -> None:
+    def _give_back(self, buf: Buffer) -> None:
         self._free[len(buf)].append(buf)
         self._free_bytes += len(buf)
         while self._waiters:

@@ -23,6 +23,7 @@ from pyengine import _core
 from pyengine.crypto import KEYED_DIGEST_METADATA, content_key_from_metadata, keyed_digest_hex
 from pyengine.engine.report import Event
 from pyengine.engine.restore.download import BufferPool, RangeFailed, WriterLoop, fetch_ranges
+from pyengine.engine.restore.keys import PolicyKeys
 from pyengine.engine.restore.plan import (
     STATE_SUFFIX,
     UnsafeNameError,
@@ -38,7 +39,7 @@ from pyengine.engine.restore.plan import (
 from pyengine.engine.restore.report import RestoreOptions, RestoreReport
 from pyengine.engine.restore.state import PartState
 from pyengine.engine.scan import PathFilter, display_path
-from pyengine.errors import DestinationError, IntegrityError, PyEngineError
+from pyengine.errors import ConfigError, DestinationError, IntegrityError, PyEngineError
 from pyengine.state.manifest import ManifestWriter, default_manifest_path
 from pyengine.targets.azure_blob import BlobStore, parse_destination, resolve_credential
 from pyengine.targets.wire import BlobProps
@@ -67,6 +68,11 @@ class _Restore:
     ) -> None:
         self.dest = parse_destination(src_url)
         self.opts = opts
+        self.keys: PolicyKeys | None = None
+        if opts.policy is not None:
+            if opts.kek is not None:
+                raise ConfigError("--kek-file", "not with --policy (the policy names each key)")
+            self.keys = PolicyKeys(opts.policy, self.dest)
         self.on_event = on_event
         self.root = Path(os.path.realpath(os.fspath(dest_dir)))
         self.job_id = f"restore-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
@@ -97,7 +103,10 @@ class _Restore:
         os.makedirs(self.root, exist_ok=True)
         self.name_max, self.path_max = fs_limits(str(self.root))
         wanted = self._job_blobs()
-        credential = resolve_credential(self.dest, self.opts.connection_string)
+        connection_string = self.opts.connection_string
+        if connection_string is None and self.keys is not None:
+            connection_string = self.keys.connection_string()
+        credential = resolve_credential(self.dest, connection_string)
         manifest_path = self.opts.manifest_path or default_manifest_path(
             self.job_id, self.opts.journal_path
         )
@@ -239,13 +248,19 @@ class _Restore:
         encryptiondata = meta(md, "encryptiondata")
         content_key = None
         if encryptiondata is not None:
-            if self.opts.kek is None:
+            kek, whose = self.opts.kek, "the key-encryption key"
+            if self.keys is not None:
+                tenant, kek = self.keys.tenant_for(blob.name)
+                if tenant is None:
+                    raise IntegrityError(shown, "blob is encrypted and no tenant covers it")
+                if kek is None:
+                    raise IntegrityError(shown, f"blob is encrypted: tenant {tenant} has no key")
+                whose = f"tenant {tenant}'s key-encryption key"
+            if kek is None:
                 raise IntegrityError(shown, "blob is encrypted: give the key-encryption key")
-            content_key = content_key_from_metadata(encryptiondata, self.opts.kek)
+            content_key = content_key_from_metadata(encryptiondata, kek)
             if content_key is None:
-                raise IntegrityError(
-                    shown, "the key-encryption key cannot unwrap this blob's content key"
-                )
+                raise IntegrityError(shown, f"{whose} cannot unwrap this blob's content key")
         layout = layout_for(
             blob.size_bytes,
             encrypted=content_key is not None,

@@ -24,6 +24,9 @@ class RestoreOptions:
     min_range_bytes: int = 8 * MiB
     #: key-encryption key (azure-storage-blob KEK interface) for encrypted blobs
     kek: Any = field(default=None, repr=False)
+    #: migration policy (pyengine.policy.load_policy): each blob's KEK is that of the tenant
+    #: whose destination covers it (engine/restore/keys.py); not with ``kek``
+    policy: Any = field(default=None, repr=False)
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     #: restore only the blobs this copy job committed (from its journal)
