@@ -38,7 +38,8 @@ def stage_seconds(stage: str, data: Buffer, repeat: int = 1) -> float:
 def cpu_features() -> dict[str, bool]: ...
 def read_listing_page(content: Buffer, blob_props: type[_T]) -> tuple[list[_T], str] | None:
     """A List Blobs page's blobs (each blob_props(name, size_bytes, etag, metadata)) and next
-    marker, as pyengine.targets.wire reads it; None for a page of a shape it does not know."""
+    marker, as pyengine.targets.wire reads it; None for a page of a shape it does not know.
+    Holds the GIL (measured: see cpp/bindings.cpp)."""
 
 class Chunk:
     """One completed chunk. `data` is a read-only memoryview over pooled memory (no copy).
