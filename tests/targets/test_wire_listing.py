@@ -9,7 +9,7 @@ from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyengine import _core
@@ -68,6 +68,7 @@ def _page(blobs: list[str], marker: str, pretty: bool) -> bytes:
     ).encode()
 
 
+@settings(deadline=None)
 @given(
     blobs=st.lists(_blob(), max_size=6),
     marker=st.sampled_from(["", "2!72!MDAwMDc1", "a&amp;b"]),
@@ -125,6 +126,7 @@ def _native(page: bytes) -> tuple[list[wire.BlobProps], str] | None:
     return _core.read_listing_page(page, wire.BlobProps)
 
 
+@settings(deadline=None)
 @given(blobs=st.lists(_blob_parts(), max_size=6), marker=_MARKERS, pretty=st.booleans())
 def test_native_reader_reads_as_elementtree_or_declines_an_encoded_or_odd_blob(
     blobs: list[tuple[str, bool]], marker: str, pretty: bool
@@ -210,6 +212,7 @@ def test_a_truncated_page_is_declined_and_raises_as_before() -> None:
             parse_blob_list(page[:n])
 
 
+@settings(deadline=None)
 @given(
     blobs=st.lists(_blob(), min_size=1, max_size=3),
     edits=st.lists(
@@ -229,6 +232,7 @@ def test_a_garbled_page_reads_as_the_python_readers_read_it_or_is_declined(
         assert native == _python_or_error(bytes(page))
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_never_crash_the_native_reader(garbage: bytes) -> None:
     native = _native(b"<EnumerationResults><Blobs>" + garbage + b"</Blobs></EnumerationResults>")
