@@ -8,6 +8,7 @@
 #include "cipher.hpp"
 #include "crc64.hpp"
 #include "hash.hpp"
+#include "listing.hpp"
 #include "pipeline.hpp"
 #include "stage_bench.hpp"
 
@@ -97,6 +98,57 @@ py::object convert(Event& event) {
   return py::cast(FileFailed{f.file_id, f.path, failure_kind_name(f.kind), f.reason, f.errno_value});
 }
 
+// A str from UTF-8 the listing reader has validated.
+py::str utf8_str(std::string_view s) {
+  PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "strict");
+  if (o == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::str>(o);
+}
+
+// (blobs, next marker) of one List Blobs page, each blob built as blob_props(name, size_bytes,
+// etag, metadata); None when the native reader declines the page.
+py::object read_listing(const py::object& content, const py::object& blob_props) {
+  InputBuffer in(content);
+  const std::string_view xml(reinterpret_cast<const char*>(in.data()), in.size());
+  // The GIL stays held (a measured exception to "release it for every call touching bytes"): a
+  // 5000-blob page reads in ~5 ms, and the event loop that called us then waits for another
+  // thread's switch interval to get the GIL back. With a busy Python thread beside it, a page
+  // took 31-45 ms released against 25-30 ms held, and the delta showed no gain.
+  ListingPage page;
+  if (!read_listing_page(xml, page)) return py::none();
+  // Metadata names repeat on every blob of a page: one str each (fewer allocations, and the
+  // dict reuses the cached hash).
+  std::vector<std::pair<std::string_view, py::str>> keys;
+  auto key_str = [&keys](std::string_view k) -> const py::str& {
+    for (auto& [view, str] : keys) {
+      if (view == k) return str;
+    }
+    keys.emplace_back(k, utf8_str(k));
+    return keys.back().second;
+  };
+  py::list blobs(page.blobs.size());
+  PyObject* cls = blob_props.ptr();
+  for (size_t i = 0; i < page.blobs.size(); ++i) {
+    const ListedBlob& b = page.blobs[i];
+    py::dict metadata;
+    for (size_t k = 0; k < b.metadata_count; ++k) {
+      const ListedPair& pair = page.metadata[b.metadata_first + k];
+      const py::str value = utf8_str(pair.value);
+      if (PyDict_SetItem(metadata.ptr(), key_str(pair.key).ptr(), value.ptr()) != 0) {
+        throw py::error_already_set();
+      }
+    }
+    py::str name = utf8_str(b.name);
+    py::int_ size_bytes(b.size_bytes);
+    py::str etag = utf8_str(b.etag);
+    PyObject* args[] = {name.ptr(), size_bytes.ptr(), etag.ptr(), metadata.ptr()};
+    PyObject* blob = PyObject_Vectorcall(cls, args, 4, nullptr);
+    if (blob == nullptr) throw py::error_already_set();
+    PyList_SET_ITEM(blobs.ptr(), static_cast<Py_ssize_t>(i), blob);  // steals the reference
+  }
+  return py::make_tuple(std::move(blobs), utf8_str(page.next_marker));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -179,6 +231,7 @@ PYBIND11_MODULE(_core, m) {
     return d;
   });
   m.def("_crc64_force_portable", &crc64_force_portable);
+  m.def("read_listing_page", &read_listing, py::arg("content"), py::arg("blob_props"));
 
   py::class_<PooledView, std::shared_ptr<PooledView>>(m, "_PooledView", py::buffer_protocol())
       .def_buffer([](PooledView& v) {

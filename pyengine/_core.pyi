@@ -3,6 +3,9 @@
 Every call that touches bytes releases the GIL."""
 
 from collections.abc import Buffer
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 #: stage bits for Pipeline.submit(stages=...) and stage_seconds()
 STAGE_READ: int  # always on
@@ -33,6 +36,10 @@ def stage_seconds(stage: str, data: Buffer, repeat: int = 1) -> float:
     stage: 'xxh3', 'crc64', 'blake3', 'md5', 'aes_gcm' or 'copy'."""
 
 def cpu_features() -> dict[str, bool]: ...
+def read_listing_page(content: Buffer, blob_props: type[_T]) -> tuple[list[_T], str] | None:
+    """A List Blobs page's blobs (each blob_props(name, size_bytes, etag, metadata)) and next
+    marker, as pyengine.targets.wire reads it; None for a page of a shape it does not know.
+    Holds the GIL (measured: see cpp/bindings.cpp)."""
 
 class Chunk:
     """One completed chunk. `data` is a read-only memoryview over pooled memory (no copy).

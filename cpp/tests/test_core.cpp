@@ -20,19 +20,12 @@
 #include "crc64.hpp"
 #include "hash.hpp"
 #include "pipeline.hpp"
+#include "check.hpp"
 
 using namespace pyengine;
 
-static int g_failures = 0;
-static int g_checks = 0;
-#define CHECK(cond)                                                     \
-  do {                                                                  \
-    ++g_checks;                                                         \
-    if (!(cond)) {                                                      \
-      ++g_failures;                                                     \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-    }                                                                   \
-  } while (0)
+int g_failures = 0;
+int g_checks = 0;
 
 static std::vector<uint8_t> pattern(size_t n) {
   std::vector<uint8_t> v(n);
@@ -394,6 +387,7 @@ int main() {
   test_errors_and_backpressure();
   test_done_reports_identity_seen_at_open();
   test_rewrite_in_place_with_mtime_restored_is_changed();
+  test_listing_pages();
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }

@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote, urlencode
 
 from aiohttp.payload import Payload
 
+from pyengine import _core
 from pyengine.targets.pacer import (
     StallWatch,
     TokenBucket,
@@ -338,6 +339,17 @@ def _parse_blob_list_plain(text: str) -> tuple[list[BlobProps], str]:
 
 def parse_blob_list(content: bytes) -> tuple[list[BlobProps], str]:
     """One List Blobs page: its blobs and the marker of the next page ("" for the last)."""
+    # the native reader first (cpp/listing.cpp, ~2.6 µs a blob against the pattern reader's
+    # ~13 with metadata): it declines every page outside the service's fixed shape, which the
+    # Python readers then take as before
+    native = _core.read_listing_page(content, BlobProps)
+    if native is not None:
+        return native
+    return _parse_blob_list_python(content)
+
+
+def _parse_blob_list_python(content: bytes) -> tuple[list[BlobProps], str]:
+    """parse_blob_list without the native reader: the pattern reader, else ElementTree."""
     try:
         text = content.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
