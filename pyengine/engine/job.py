@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pyengine import _core
+from pyengine.engine.collections_paused import fewer_collections
 from pyengine.engine.context import EventCallback, JobContext
 from pyengine.engine.decide import Decider, check_same_encryption
 from pyengine.engine.delta import NOT_READY, UNKNOWN, ListingJoin, listed_unchanged
@@ -87,7 +88,8 @@ class _Job(FileSteps):
 
     async def run(self) -> CopyReport:
         try:
-            return await self._run()
+            with fewer_collections():
+                return await self._run()
         finally:
             self.mirror.close()
             if self.delta is not None:

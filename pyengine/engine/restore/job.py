@@ -21,6 +21,7 @@ from typing import Any
 
 from pyengine import _core
 from pyengine.crypto import KEYED_DIGEST_METADATA, content_key_from_metadata, keyed_digest_hex
+from pyengine.engine.collections_paused import fewer_collections
 from pyengine.engine.report import Event
 from pyengine.engine.restore.download import BufferPool, RangeFailed, WriterLoop, fetch_ranges
 from pyengine.engine.restore.keys import PolicyKeys
@@ -443,4 +444,5 @@ async def restore(
     unknown --job); a blob that cannot be restored is counted in the report and named in its
     ``failures``, and leaves nothing at its final path.
     """
-    return await _Restore(source_url, dest_dir, options or RestoreOptions(), on_event).run()
+    with fewer_collections():  # as a copy (engine/collections_paused.py)
+        return await _Restore(source_url, dest_dir, options or RestoreOptions(), on_event).run()
