@@ -31,8 +31,12 @@ from pyengine.targets.auth import Destination
 SHARD_FILES = 64
 #: ... or this many bytes (so a worker that dies loses little, and the load spreads) ...
 SHARD_BYTES = 256 * 1024 * 1024
-#: ... or this long after its first file, so a slow scan still keeps the workers busy
+#: ... or this long after its first file, while every worker has SHARDS_AHEAD shards of files
+#: under way; a worker with fewer gets the open shard at once (dispatch.py)
 SHARD_LINGER_S = 0.05
+#: shards with files under way per worker before the driver lets a shard fill up: enough that a
+#: worker never waits for its next shard, few enough that full shards spread a large tree
+SHARDS_AHEAD = 2
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class SetUp:
     #: the credential environment of the driver (connection string, account key): workers
     #: resolve the same credential. Secret: repr=False, never logged
     env: dict[str, str] = field(repr=False)
+    #: the scheduler may run a shard again after its worker died (cluster.Cluster.reruns)
+    reruns: bool = True
 
     @property
     def topic(self) -> str:

@@ -39,7 +39,8 @@ from pyengine.targets.profile import choose_profile
 
 log = logging.getLogger("pyengine")
 
-#: events sent in one batch at most; a batch also leaves every EVENT_FLUSH_S and before a commit
+#: events sent in one batch at most; a batch also leaves every EVENT_FLUSH_S, before a commit,
+#: and in the loop turn that answers a file
 EVENT_BATCH = 256
 EVENT_FLUSH_S = 0.05
 
@@ -55,18 +56,36 @@ def run_shard(setup: SetUp, shard: Shard) -> list[dict[str, Any]]:
     """The Dask task: sends a shard's files on this process's engine; their results."""
     from distributed import get_client, get_worker
 
-    worker = get_worker()
-    client = get_client()
-    # scheduler metadata marks a shard as started: a second start is Dask's own retry
-    seen_key = [f"pyengine-{setup.token}", shard.key]
-    if client.get_metadata(seen_key, default=None) is not None:
-        raise StaleShard(f"shard {shard.key} was started before (its worker died)")
-    client.set_metadata(seen_key, 1)
+    if setup.reruns:
+        # scheduler metadata marks a shard as started: a second start is Dask's own retry
+        client = get_client()
+        seen_key = [setup.topic, shard.key]
+        if client.get_metadata(seen_key, default=None) is not None:
+            raise StaleShard(f"shard {shard.key} was started before (its worker died)")
+        client.set_metadata(seen_key, 1)
+    return _engine(setup, get_worker()).run(shard)
+
+
+def _engine(setup: SetUp, worker: Any) -> WorkerEngine:
+    """This process's engine of the job, opened on first use."""
     with _ENGINES_LOCK:
         engine = _ENGINES.get(setup.token)
         if engine is None or engine.broken:
             engine = _ENGINES[setup.token] = WorkerEngine(setup, worker)
-    return engine.run(shard)
+        return engine
+
+
+async def open_engine(setup: SetUp, dask_worker: Any = None) -> bool:
+    """Client.run on every worker as a job starts (Dask passes ``dask_worker``): the engine
+    (its connections, pipeline and loop) opens while the driver scans and decides the first
+    files, not when the first shard comes. True once open; a failure is left for the first
+    shard to meet and report."""
+    loop = asyncio.get_running_loop()
+    try:  # off the worker's event loop: opening waits for the engine's own thread
+        await loop.run_in_executor(None, _engine, setup, dask_worker)
+    except Exception:  # the first shard opens it again and reports why
+        return False
+    return True
 
 
 def warm_up() -> int:
@@ -184,6 +203,7 @@ class WorkerEngine:
         self.files: dict[int, _FileState] = {}
         self.by_path: dict[str, int] = {}
         self._events: list[tuple[Any, ...]] = []
+        self._flush_soon = False
         self._stats: dict[str, float] = {}
         self._shard_tasks: set[asyncio.Task[Any]] = set()
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -316,8 +336,14 @@ class WorkerEngine:
         self._events.append(event)
         if len(self._events) >= EVENT_BATCH:
             self.flush_events()
+        elif event[0] == "done" and not self._flush_soon:
+            # the driver waits for a file's answer (its window, the job's end): the batch
+            # leaves once this turn of the loop has added its events, not EVENT_FLUSH_S later
+            self._flush_soon = True
+            self.loop.call_soon(self.flush_events)
 
     def flush_events(self) -> None:
+        self._flush_soon = False
         if not self._events:
             return
         batch, self._events = self._events, []
