@@ -89,6 +89,9 @@ async def _open_client(options: CopyOptions) -> AsyncIterator[Cluster]:
         threads_per_worker=THREADS_PER_WORKER,
         processes=True,
         dashboard_address=None,
+        # the scheduler serves /health and /metrics whatever the dashboard: on a free loopback
+        # port, not on :8787 of every interface (a second job's cluster warned on stderr)
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         memory_limit=0,
         silence_logs=logging.ERROR,
         asynchronous=True,

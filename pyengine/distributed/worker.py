@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,10 +40,11 @@ from pyengine.targets.profile import choose_profile
 
 log = logging.getLogger("pyengine")
 
-#: events sent in one batch at most; a batch also leaves every EVENT_FLUSH_S, before a commit,
-#: and in the loop turn that answers a file
+#: events sent in one batch at most; a batch also leaves every EVENT_FLUSH_S (see EventBatch)
 EVENT_BATCH = 256
 EVENT_FLUSH_S = 0.05
+#: ... and this long after a file's answer ("done"), which the driver waits for
+EVENT_ANSWER_S = 0.005
 
 _ENGINES: dict[str, WorkerEngine] = {}
 _ENGINES_LOCK = threading.Lock()
@@ -110,6 +112,38 @@ class _FileState:
     acks: list[tuple[int, int, int, bytes]] = field(default_factory=list)
     #: (status, reason, etag, blake3_hex) once the Sender counted the file
     outcome: tuple[str, str | None, str | None, str | None] | None = None
+
+
+class EventBatch:
+    """A worker engine's events on their way to the driver, in batches (one message each): a
+    batch leaves at EVENT_BATCH events, when the engine flushes (every EVENT_FLUSH_S, before a
+    commit), and EVENT_ANSWER_S after a file's answer: the driver waits for a file's answer
+    (its window of files, the job's end), while acks and progress may wait for company."""
+
+    def __init__(
+        self, send: Callable[[list[tuple[Any, ...]]], None], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._send = send
+        self._loop = loop
+        self._events: list[tuple[Any, ...]] = []
+        self._soon = False
+
+    def add(self, event: tuple[Any, ...]) -> None:
+        self._events.append(event)
+        if len(self._events) >= EVENT_BATCH:
+            self.flush()
+        elif event[0] == "done" and not self._soon:
+            # EVENT_ANSWER_S, not EVENT_FLUSH_S, later: files answered about together travel
+            # together (each batch is a message through the scheduler to the driver)
+            self._soon = True
+            self._loop.call_later(EVENT_ANSWER_S, self.flush)
+
+    def flush(self) -> None:
+        self._soon = False
+        if not self._events:
+            return
+        batch, self._events = self._events, []
+        self._send(batch)
 
 
 class RelayJournal:
@@ -202,12 +236,12 @@ class WorkerEngine:
         self.broken = False
         self.files: dict[int, _FileState] = {}
         self.by_path: dict[str, int] = {}
-        self._events: list[tuple[Any, ...]] = []
-        self._flush_soon = False
         self._stats: dict[str, float] = {}
         self._shard_tasks: set[asyncio.Task[Any]] = set()
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.loop = asyncio.new_event_loop()
+        # the worker sends each batch from its own loop (log_event is thread-safe)
+        self._batch = EventBatch(lambda batch: worker.log_event(setup.topic, batch), self.loop)
         self._thread = threading.Thread(target=self._main, name="pyengine-worker", daemon=True)
         self._thread.start()
         self._ready.result()  # raises what stopped the engine from opening
@@ -333,22 +367,10 @@ class WorkerEngine:
     # --- events to the driver --------------------------------------------------------------
 
     def event(self, event: tuple[Any, ...]) -> None:
-        self._events.append(event)
-        if len(self._events) >= EVENT_BATCH:
-            self.flush_events()
-        elif event[0] == "done" and not self._flush_soon:
-            # the driver waits for a file's answer (its window, the job's end): the batch
-            # leaves once this turn of the loop has added its events, not EVENT_FLUSH_S later
-            self._flush_soon = True
-            self.loop.call_soon(self.flush_events)
+        self._batch.add(event)
 
     def flush_events(self) -> None:
-        self._flush_soon = False
-        if not self._events:
-            return
-        batch, self._events = self._events, []
-        # the worker sends it from its own loop (log_event is thread-safe)
-        self.worker.log_event(self.setup.topic, batch)
+        self._batch.flush()
 
     async def _flush_periodically(self) -> None:
         while True:
