@@ -150,7 +150,11 @@ class Dispatcher:
         results: list[dict[str, Any]] = []
         why = ""
         try:
-            results = await future
+            await _ended(future)
+            # a shard whose files were all answered by their events is not fetched: its return
+            # repeats them (the worker's Dask thread would serialise it under its engine's GIL)
+            if shard.key in self._unanswered or future.status != "finished":
+                results = await future
         except asyncio.CancelledError:
             if shard.key in self._unanswered:  # else it has done all it will do: released
                 await _cancel_quietly(future)
@@ -234,3 +238,21 @@ async def _cancel_quietly(future: Any) -> None:
         cancelled = future.cancel()
         if asyncio.iscoroutine(cancelled):
             await cancelled
+
+
+async def _ended(future: Any) -> None:
+    """Waits until a shard's task has ended (finished, failed or cancelled), fetching nothing;
+    Dask calls the callback from a thread of its own."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def settle() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    def on_end(_: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the job's loop has closed meanwhile
+            loop.call_soon_threadsafe(settle)
+
+    future.add_done_callback(on_end)
+    await ended

@@ -18,7 +18,7 @@ Events are msgpack-able tuples (Dask's event log carries them), each tagged with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pyengine.engine.context import FileTask
@@ -93,6 +93,18 @@ class WorkItem:
             commit_if=commit_if,
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # SourceFile is a frozen dataclass with slots: pickle's default rebuilds each one field
+        # by field through dataclasses.fields(), which showed in the worker's profile (a shard
+        # of 64 files is unpickled in Dask's loop, beside the engine's thread). Its values as a
+        # tuple are rebuilt by one constructor call.
+        src = tuple(getattr(self.src, name) for name in _SOURCE_FIELDS)
+        return (
+            _work_item,
+            (src, self.record, self.chunk_bytes, self.single_put, self.content_key,
+             self.encryptiondata, self.resumable, self.commit_if),
+        )  # fmt: skip
+
     def to_task(self) -> FileTask:
         return FileTask(
             src=self.src,
@@ -103,6 +115,13 @@ class WorkItem:
             encryptiondata=self.encryptiondata,
             resumable=set(self.resumable),
         )
+
+
+_SOURCE_FIELDS = tuple(f.name for f in fields(SourceFile))
+
+
+def _work_item(src: tuple[Any, ...], *rest: Any) -> WorkItem:
+    return WorkItem(SourceFile(*src), *rest)
 
 
 @dataclass(frozen=True)

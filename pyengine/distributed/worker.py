@@ -43,8 +43,10 @@ log = logging.getLogger("pyengine")
 #: events sent in one batch at most; a batch also leaves every EVENT_FLUSH_S (see EventBatch)
 EVENT_BATCH = 256
 EVENT_FLUSH_S = 0.05
-#: ... and this long after a file's answer ("done"), which the driver waits for
+#: ... and this long after a file's answer ("done") when the engine has drained: at most this
+#: many files left in flight (see EventBatch)
 EVENT_ANSWER_S = 0.005
+DRAINED_FILES = 8
 
 _ENGINES: dict[str, WorkerEngine] = {}
 _ENGINES_LOCK = threading.Lock()
@@ -117,14 +119,21 @@ class _FileState:
 class EventBatch:
     """A worker engine's events on their way to the driver, in batches (one message each): a
     batch leaves at EVENT_BATCH events, when the engine flushes (every EVENT_FLUSH_S, before a
-    commit), and EVENT_ANSWER_S after a file's answer: the driver waits for a file's answer
-    (its window of files, the job's end), while acks and progress may wait for company."""
+    commit), and EVENT_ANSWER_S after a file's answer once the engine has drained (``busy()``
+    is false: its last files, a small job): the driver waits for those answers (the job's end,
+    its window of files). While the engine is busy, answers wait for the periodic flush: each
+    batch handed to Dask costs the engine's thread a wake-up of the worker's loop and a GIL
+    hand-over (about 5 % of a busy worker's samples at one batch per answer)."""
 
     def __init__(
-        self, send: Callable[[list[tuple[Any, ...]]], None], loop: asyncio.AbstractEventLoop
+        self,
+        send: Callable[[list[tuple[Any, ...]]], None],
+        loop: asyncio.AbstractEventLoop,
+        busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self._send = send
         self._loop = loop
+        self._busy = busy
         self._events: list[tuple[Any, ...]] = []
         self._soon = False
 
@@ -132,9 +141,9 @@ class EventBatch:
         self._events.append(event)
         if len(self._events) >= EVENT_BATCH:
             self.flush()
-        elif event[0] == "done" and not self._soon:
+        elif event[0] == "done" and not self._soon and not self._busy():
             # EVENT_ANSWER_S, not EVENT_FLUSH_S, later: files answered about together travel
-            # together (each batch is a message through the scheduler to the driver)
+            # together
             self._soon = True
             self._loop.call_later(EVENT_ANSWER_S, self.flush)
 
@@ -241,7 +250,11 @@ class WorkerEngine:
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.loop = asyncio.new_event_loop()
         # the worker sends each batch from its own loop (log_event is thread-safe)
-        self._batch = EventBatch(lambda batch: worker.log_event(setup.topic, batch), self.loop)
+        self._batch = EventBatch(
+            lambda batch: worker.log_event(setup.topic, batch),
+            self.loop,
+            busy=lambda: len(self.files) > DRAINED_FILES,
+        )
         self._thread = threading.Thread(target=self._main, name="pyengine-worker", daemon=True)
         self._thread.start()
         self._ready.result()  # raises what stopped the engine from opening

@@ -23,9 +23,20 @@ class FakeFuture:
     def __init__(self) -> None:
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.cancelled = False
+        self.fetched = 0
 
     def __await__(self) -> Any:
+        self.fetched += 1
         return self.future.__await__()
+
+    @property
+    def status(self) -> str:
+        if not self.future.done():
+            return "pending"
+        return "cancelled" if self.future.cancelled() else "finished"
+
+    def add_done_callback(self, fn: Any) -> None:
+        self.future.add_done_callback(lambda _: fn(self))
 
     def release(self) -> None:
         pass
@@ -152,10 +163,35 @@ def test_the_jobs_end_waits_for_no_shard_whose_files_were_answered() -> None:
     asyncio.run(main())
 
 
-def test_a_done_event_leaves_at_once_while_acks_wait_for_company() -> None:
+def test_a_shards_return_is_fetched_only_for_files_its_events_left_unanswered() -> None:
+    async def main() -> None:
+        d, client = dispatcher()
+        first = [asyncio.ensure_future(d.send(item(i))) for i in (1, 2)]
+        await turns()
+        answer(d, 1)  # file 2's event never came
+        ((_, future1),) = client.submitted
+        future1.future.set_result([file_result(1, "copied"), file_result(2, "failed")])
+        assert [r["status"] for r in await asyncio.gather(*first)] == ["copied", "failed"]
+        assert future1.fetched == 1
+
+        second = asyncio.ensure_future(d.send(item(3)))
+        await turns()
+        answer(d, 3)
+        await second
+        future2 = client.submitted[1][1]
+        future2.future.set_result([file_result(3, "copied")])
+        await turns()
+        assert future2.fetched == 0  # its return only repeats what the events said
+        await d.stop()
+
+    asyncio.run(main())
+
+
+def test_a_done_event_leaves_at_once_from_a_drained_engine_while_acks_wait() -> None:
     async def main() -> None:
         sent: list[list[tuple[Any, ...]]] = []
-        batch = EventBatch(sent.append, asyncio.get_running_loop())
+        busy = False
+        batch = EventBatch(sent.append, asyncio.get_running_loop(), busy=lambda: busy)
         ack = ("ack", 1, 0, 1 << 20, 5, b"x" * 16)
         batch.add(ack)
         await turns()
@@ -169,5 +205,11 @@ def test_a_done_event_leaves_at_once_while_acks_wait_for_company() -> None:
         for i in range(EVENT_BATCH):
             batch.add(("progress", 3, i))
         assert len(sent) == 2 and len(sent[1]) == EVENT_BATCH  # a full batch leaves at once
+        busy = True  # many files in flight: answers wait for the periodic flush
+        batch.add(("done", 4, {}))
+        await asyncio.sleep(EVENT_ANSWER_S * 2)
+        assert len(sent) == 2
+        batch.flush()
+        assert sent[2] == [("done", 4, {})]
 
     asyncio.run(main())
