@@ -1,11 +1,11 @@
 """The driver's side of the shards: files gathered into shards, shards submitted to the cluster,
 and the workers' events applied to the driver's journal and report as they arrive.
 
-Each file waits on a future of its own; it is resolved by the file's "done" event, or by its
-shard's return value, whichever comes first; a shard that fails (its worker died, Dask re-ran it
-and run_shard refused: StaleShard) resolves its unanswered files as "lost", and the driver
-(driver.py) decides again from its journal. Events of a file that is no longer waited for are
-dropped: its result carried every ack of that attempt.
+Each file waits on a future of its own; it is resolved by the file's "done" event. A shard that
+ends with files unanswered (its worker died, Dask re-ran it and run_shard refused: StaleShard;
+or an event lost on the way) resolves them as "lost", and the driver (driver.py) decides again
+from its journal. Events of a file that is no longer waited for are dropped: its "done" event
+carried every ack of that attempt.
 """
 
 from __future__ import annotations
@@ -147,14 +147,16 @@ class Dispatcher:
         self._shards.pop(t, None)
 
     async def _await_shard(self, future: Any, shard: Shard) -> None:
-        results: list[dict[str, Any]] = []
         why = ""
         try:
             await _ended(future)
-            # a shard whose files were all answered by their events is not fetched: its return
-            # repeats them (the worker's Dask thread would serialise it under its engine's GIL)
-            if shard.key in self._unanswered or future.status != "finished":
-                results = await future
+            if future.status == "error":
+                await future  # raises the shard's error
+            # A finished shard's return is never fetched. Its files were answered by their
+            # events, which reach this process before its end does (one ordered stream from
+            # the worker through the scheduler); and fetching a result whose worker has died
+            # since makes Dask compute the shard again, with the resume state it was first
+            # given (the embedded cluster has no re-run check: cluster.Cluster.reruns).
         except asyncio.CancelledError:
             if shard.key in self._unanswered:  # else it has done all it will do: released
                 await _cancel_quietly(future)
@@ -165,10 +167,9 @@ class Dispatcher:
             log.info("a shard of %d files was lost (%s): retrying its files", len(shard.items), why)
         finally:
             future.release()
-        for result in results:
-            self._resolve(result)
         for item in shard.items:  # unanswered: the driver decides them again from its journal
-            self._resolve(file_result(item.record.file_id, "lost", reason=why or "no result"))
+            reason = why or f"no answer (its shard {future.status})"
+            self._resolve(file_result(item.record.file_id, "lost", reason=reason))
         self._unanswered.pop(shard.key, None)
 
     def _resolve(self, result: dict[str, Any]) -> None:

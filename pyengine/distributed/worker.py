@@ -4,8 +4,8 @@ The engine is the in-process one minus its bookkeeping: a native pipeline (threa
 memory_cap_bytes are per worker), the job's target, and send.py's Sender, which reads, sends
 and commits each file under the same ordering rules as in one process. What the Sender would
 journal goes back to the driver instead (RelayJournal: acks, commit points), in event batches
-on Dask's event log, and each file's result goes back twice: as an event (the driver counts it
-at once) and in the shard's return value (the record of what the shard did).
+on Dask's event log, and so does each file's result (a "done" event): the shard's return value
+is only its number of files, which the driver never fetches (dispatch.py says why).
 
 A shard runs once: Dask re-runs a task whose worker died, with the arguments it was first given,
 and those name blocks to resume as they were then. run_shard refuses such a re-run (StaleShard),
@@ -56,8 +56,9 @@ class StaleShard(RuntimeError):
     """Dask re-ran a shard after its worker died: the driver builds it anew from its journal."""
 
 
-def run_shard(setup: SetUp, shard: Shard) -> list[dict[str, Any]]:
-    """The Dask task: sends a shard's files on this process's engine; their results."""
+def run_shard(setup: SetUp, shard: Shard) -> int:
+    """The Dask task: sends a shard's files on this process's engine; how many it answered
+    (their results went to the driver as events)."""
     from distributed import get_client, get_worker
 
     if setup.reruns:
@@ -311,7 +312,7 @@ class WorkerEngine:
                 "stalls": stats.stalls,
             }
 
-    def run(self, shard: Shard) -> list[dict[str, Any]]:
+    def run(self, shard: Shard) -> int:
         """Runs a shard on the engine's loop (from the Dask task's thread) and waits for it."""
         return asyncio.run_coroutine_threadsafe(self._spawn(shard), self.loop).result()
 
@@ -330,17 +331,17 @@ class WorkerEngine:
             t.cancel()
         self._stop.set()
 
-    async def _spawn(self, shard: Shard) -> list[dict[str, Any]]:
+    async def _spawn(self, shard: Shard) -> int:
         # owned like every task of the engine: a failure of the engine ends the shard too
         t = self.owner.spawn(self._run_shard(shard), name=shard.key)
         self._shard_tasks.add(t)
         t.add_done_callback(self._shard_tasks.discard)
         return await t
 
-    async def _run_shard(self, shard: Shard) -> list[dict[str, Any]]:
+    async def _run_shard(self, shard: Shard) -> int:
         results = await asyncio.gather(*(self._one(item) for item in shard.items))
-        self.flush_events()
-        return list(results)
+        self.flush_events()  # before the task ends: the driver hears of every file first
+        return len(results)
 
     async def _one(self, item: WorkItem) -> dict[str, Any]:
         async with self._window:

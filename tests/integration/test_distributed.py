@@ -69,6 +69,8 @@ def cluster() -> Iterator[Any]:
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            # not :8787, which another cluster on this host may hold (a warning: an error here)
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
             memory_limit=0,
             silence_logs=logging.ERROR,
         ) as local,
