@@ -49,7 +49,7 @@ class _Waiting:
 
 
 class Dispatcher:
-    """Shards out, events and results in."""
+    """Shards out, events (acks, commit points, results) in."""
 
     def __init__(self, client: Any, setup: SetUp, ctx: JobContext, workers: int = 1) -> None:
         self.client = client
@@ -72,10 +72,10 @@ class Dispatcher:
         self.client.subscribe_topic(self.setup.topic, self._on_events)
 
     async def stop(self, *, wait: bool = True) -> None:
-        """Ends the job's shards: with ``wait``, those with files not answered yet may return
+        """Ends the job's shards: with ``wait``, those with files not answered yet may end
         first; the others are cancelled. A shard whose files were all answered by their events
-        is not waited for (its return would only repeat them): the engines' close
-        (driver.py) comes after its last event, when it has returned on its worker."""
+        is not waited for: it has done all it will do (the engines' close, driver.py, comes
+        after its last event, when it has returned on its worker)."""
         if self._timer is not None:
             self._timer.cancel()
         busy = {t for t, key in self._shards.items() if key in self._unanswered}
