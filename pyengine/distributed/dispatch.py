@@ -1,11 +1,11 @@
 """The driver's side of the shards: files gathered into shards, shards submitted to the cluster,
 and the workers' events applied to the driver's journal and report as they arrive.
 
-Each file waits on a future of its own; it is resolved by the file's "done" event, or by its
-shard's return value, whichever comes first; a shard that fails (its worker died, Dask re-ran it
-and run_shard refused: StaleShard) resolves its unanswered files as "lost", and the driver
-(driver.py) decides again from its journal. Events of a file that is no longer waited for are
-dropped: its result carried every ack of that attempt.
+Each file waits on a future of its own; it is resolved by the file's "done" event. A shard that
+ends with files unanswered (its worker died, Dask re-ran it and run_shard refused: StaleShard;
+or an event lost on the way) resolves them as "lost", and the driver (driver.py) decides again
+from its journal. Events of a file that is no longer waited for are dropped: its "done" event
+carried every ack of that attempt.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pyengine.distributed.shard import (
     SHARD_BYTES,
     SHARD_FILES,
     SHARD_LINGER_S,
+    SHARDS_AHEAD,
     SetUp,
     Shard,
     WorkItem,
@@ -41,22 +42,29 @@ SHARD_RETURN_WAIT_S = 5.0
 class _Waiting:
     item: WorkItem
     future: asyncio.Future[dict[str, Any]]
+    #: the key of the shard that carries this attempt ("" until it is submitted)
+    shard_key: str = ""
     #: block indexes of this attempt already journaled (from events)
     applied: set[int] = field(default_factory=set)
 
 
 class Dispatcher:
-    """Shards out, events and results in."""
+    """Shards out, events (acks, commit points, results) in."""
 
-    def __init__(self, client: Any, setup: SetUp, ctx: JobContext) -> None:
+    def __init__(self, client: Any, setup: SetUp, ctx: JobContext, workers: int = 1) -> None:
         self.client = client
         self.setup = setup
         self.ctx = ctx
+        self.workers = workers
         self._waiting: dict[int, _Waiting] = {}
         self._open: list[WorkItem] = []
         self._open_bytes = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._shards: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.Handle | None = None
+        #: shard key -> its files not answered yet (a shard with none left is not counted)
+        self._unanswered: dict[str, int] = {}
+        self._soon = False
+        #: the tasks awaiting the shards' returns, and their shards' keys
+        self._shards: dict[asyncio.Task[None], str] = {}
         self.shards_submitted = 0
         self.shards_lost = 0
 
@@ -64,57 +72,94 @@ class Dispatcher:
         self.client.subscribe_topic(self.setup.topic, self._on_events)
 
     async def stop(self, *, wait: bool = True) -> None:
-        """Ends the job's shards: with ``wait``, those whose files are all answered may return
-        first; the others are cancelled."""
+        """Ends the job's shards: with ``wait``, those with files not answered yet may end
+        first; the others are cancelled. A shard whose files were all answered by their events
+        is not waited for: it has done all it will do (the engines' close, driver.py, comes
+        after its last event, when it has returned on its worker)."""
         if self._timer is not None:
             self._timer.cancel()
-        if self._shards and wait:  # files answered by their events: the shards' returns follow
-            await asyncio.wait(set(self._shards), timeout=SHARD_RETURN_WAIT_S)
+        busy = {t for t, key in self._shards.items() if key in self._unanswered}
+        if busy and wait:
+            await asyncio.wait(busy, timeout=SHARD_RETURN_WAIT_S)
         for t in list(self._shards):
             t.cancel()
         if self._shards:
-            await asyncio.gather(*self._shards, return_exceptions=True)
+            await asyncio.gather(*list(self._shards), return_exceptions=True)
         # a closed client has nothing subscribed any more
         with contextlib.suppress(ValueError, RuntimeError):
             self.client.unsubscribe_topic(self.setup.topic)
 
     async def send(self, item: WorkItem) -> dict[str, Any]:
         """Sends one file version through a shard; its result (shard.file_result)."""
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._waiting[item.record.file_id] = _Waiting(item, future)
         self._open.append(item)
         self._open_bytes += item.src.size_bytes
         if len(self._open) >= SHARD_FILES or self._open_bytes >= SHARD_BYTES:
             self._submit()
+        elif self._starved():
+            self._submit_soon()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(SHARD_LINGER_S, self._submit)
+            self._timer = loop.call_later(SHARD_LINGER_S, self._submit)
         try:
             return await future
         finally:
             self._waiting.pop(item.record.file_id, None)
 
+    def _starved(self) -> bool:
+        """Fewer shards under way than SHARDS_AHEAD per worker: one more would be started (or
+        queued right behind a running one) at once."""
+        return len(self._unanswered) < SHARDS_AHEAD * self.workers
+
+    def _submit_soon(self) -> None:
+        """A worker waits for files: the open shard leaves once this turn of the loop has added
+        what it has (files decided in the same turn travel together), not SHARD_LINGER_S later."""
+        if self._soon:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._soon = True
+        self._timer = asyncio.get_running_loop().call_soon(self._submit)
+
     def _submit(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._soon = False
         items, self._open, self._open_bytes = self._open, [], 0
         if not items:
             return
         shard = Shard(key=f"pyengine-shard-{uuid.uuid4().hex}", items=items)
+        self._unanswered[shard.key] = len(items)
+        for item in items:
+            waiting = self._waiting.get(item.record.file_id)
+            if waiting is not None:
+                waiting.shard_key = shard.key
         # secrets (connection string, content keys) are arguments; the key names nothing
         future = self.client.submit(run_shard, self.setup, shard, key=shard.key, pure=False)
         self.shards_submitted += 1
         t = asyncio.ensure_future(self._await_shard(future, shard))
-        self._shards.add(t)
-        t.add_done_callback(self._shards.discard)
+        self._shards[t] = shard.key
+        t.add_done_callback(self._forget)
+
+    def _forget(self, t: asyncio.Task[None]) -> None:
+        self._shards.pop(t, None)
 
     async def _await_shard(self, future: Any, shard: Shard) -> None:
-        results: list[dict[str, Any]] = []
         why = ""
         try:
-            results = await future
+            await _ended(future)
+            if future.status == "error":
+                await future  # raises the shard's error
+            # A finished shard's return is never fetched. Its files were answered by their
+            # events, which reach this process before its end does (one ordered stream from
+            # the worker through the scheduler); and fetching a result whose worker has died
+            # since makes Dask compute the shard again, with the resume state it was first
+            # given (the embedded cluster has no re-run check: cluster.Cluster.reruns).
         except asyncio.CancelledError:
-            await _cancel_quietly(future)
+            if shard.key in self._unanswered:  # else it has done all it will do: released
+                await _cancel_quietly(future)
             raise
         except Exception as e:  # KilledWorker, StaleShard, a closed connection, a bug
             why = f"{type(e).__name__}: {redact(str(e))}"
@@ -122,10 +167,10 @@ class Dispatcher:
             log.info("a shard of %d files was lost (%s): retrying its files", len(shard.items), why)
         finally:
             future.release()
-        for result in results:
-            self._resolve(result)
         for item in shard.items:  # unanswered: the driver decides them again from its journal
-            self._resolve(file_result(item.record.file_id, "lost", reason=why or "no result"))
+            reason = why or f"no answer (its shard {future.status})"
+            self._resolve(file_result(item.record.file_id, "lost", reason=reason))
+        self._unanswered.pop(shard.key, None)
 
     def _resolve(self, result: dict[str, Any]) -> None:
         waiting = self._waiting.get(result["file_id"])
@@ -134,6 +179,15 @@ class Dispatcher:
         for ack in result["acks"]:
             self._apply_ack(waiting, ack)
         waiting.future.set_result(result)
+        left = self._unanswered.get(waiting.shard_key)
+        if left is None:
+            return
+        if left > 1:
+            self._unanswered[waiting.shard_key] = left - 1
+            return
+        del self._unanswered[waiting.shard_key]
+        if self._open and self._starved():  # a lingering shard goes to the idle worker now
+            self._submit_soon()
 
     # --- events ----------------------------------------------------------------------------
 
@@ -185,3 +239,21 @@ async def _cancel_quietly(future: Any) -> None:
         cancelled = future.cancel()
         if asyncio.iscoroutine(cancelled):
             await cancelled
+
+
+async def _ended(future: Any) -> None:
+    """Waits until a shard's task has ended (finished, failed or cancelled), fetching nothing;
+    Dask calls the callback from a thread of its own."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def settle() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    def on_end(_: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the job's loop has closed meanwhile
+            loop.call_soon_threadsafe(settle)
+
+    future.add_done_callback(on_end)
+    await ended

@@ -15,6 +15,7 @@ every block the journal holds acknowledged, at most MAX_ATTEMPTS times.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -23,10 +24,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pyengine.crypto import keyed_digest_hex
-from pyengine.distributed.cluster import open_client
+from pyengine.distributed.cluster import Cluster, open_client
 from pyengine.distributed.dispatch import Dispatcher
 from pyengine.distributed.shard import SetUp, WorkItem
-from pyengine.distributed.worker import close_engine
+from pyengine.distributed.worker import close_engine, open_engine
 from pyengine.engine import metadata_names as mn
 from pyengine.engine.context import EventCallback, FileTask
 from pyengine.engine.decide import Decider
@@ -148,16 +149,16 @@ class DistributedJob(_Job):
         options: CopyOptions,
         on_event: EventCallback | None,
         *,
-        client: Any,
-        workers: int,
+        cluster: Cluster,
     ) -> None:
         super().__init__(source, dest, options, on_event)
         sender = DistributedSender(self.ctx, self.sender.routing)
         sender.profile = self.profile
         self.sender = sender
         self.decide = sender.decide = Decider(self.ctx, sender)
-        self.client = client
-        self.workers = workers
+        self.cluster = cluster
+        self.client = cluster.client
+        self.workers = cluster.workers
         self.worker_stats: list[dict[str, float]] = []
 
     def files_window(self) -> int:
@@ -182,23 +183,39 @@ class DistributedJob(_Job):
             # a worker needs content keys only, never a key-encryption key
             options=dataclasses.replace(opts, kek=None, old_keks=()),
             env={k: os.environ[k] for k in CREDENTIAL_ENV if k in os.environ},
+            reruns=self.cluster.reruns,
         )
-        dispatcher = Dispatcher(self.client, setup, ctx)
+        dispatcher = Dispatcher(self.client, setup, ctx, self.workers)
         self.sender.dispatcher = dispatcher  # type: ignore[attr-defined]
         dispatcher.start()
+        # the workers' engines open while this process scans and decides the first files
+        opening = asyncio.ensure_future(self.client.run(open_engine, setup, on_error="ignore"))
         try:
             await super().copy_all()
         except BaseException:
             # stopped or failed: the shards in flight are abandoned (the journal holds what
             # was acknowledged), not waited for
-            await _shielded(self._close(setup, dispatcher, finished=False))
+            await _shielded(self._close(setup, dispatcher, opening, finished=False))
             raise
-        await self._close(setup, dispatcher, finished=True)
+        await self._close(setup, dispatcher, opening, finished=True)
 
-    async def _close(self, setup: SetUp, dispatcher: Dispatcher, *, finished: bool) -> None:
+    async def _close(
+        self, setup: SetUp, dispatcher: Dispatcher, opening: asyncio.Future[Any], *, finished: bool
+    ) -> None:
         """The job's engines closed on every worker; a worker or a scheduler gone by now costs
         its retry figures only (the files' outcomes are all journaled already)."""
         await dispatcher.stop(wait=finished)
+        # an engine still opening is closed after it opened, not left behind
+        await asyncio.wait([opening])
+        if not opening.cancelled() and opening.exception() is not None:
+            log.info("cannot open the job's engines ahead: %s", redact(str(opening.exception())))
+        elif not opening.cancelled():
+            opened = opening.result()
+            log.debug(
+                "engines opened ahead: %d of %d",
+                sum(v is True for v in opened.values()),
+                len(opened),
+            )
         try:
             stats = await self.client.run(close_engine, setup.token, on_error="ignore")
             self.worker_stats = [s for s in stats.values() if isinstance(s, dict)]
@@ -218,6 +235,6 @@ async def copy_distributed(
     if choose_profile(options.target, host).name != AZURE.name:
         # what a Data Box cannot store is journaled pending per file (send.py): not relayed
         raise ConfigError("--workers", "a Data Box is copied in one process")
-    async with open_client(options) as (client, workers):
-        job = DistributedJob(source_path, target, options, on_event, client=client, workers=workers)
+    async with open_client(options) as cluster:
+        job = DistributedJob(source_path, target, options, on_event, cluster=cluster)
         return await job.run()

@@ -18,7 +18,7 @@ Events are msgpack-able tuples (Dask's event log carries them), each tagged with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pyengine.engine.context import FileTask
@@ -31,8 +31,12 @@ from pyengine.targets.auth import Destination
 SHARD_FILES = 64
 #: ... or this many bytes (so a worker that dies loses little, and the load spreads) ...
 SHARD_BYTES = 256 * 1024 * 1024
-#: ... or this long after its first file, so a slow scan still keeps the workers busy
+#: ... or this long after its first file, while every worker has SHARDS_AHEAD shards of files
+#: under way; a worker with fewer gets the open shard at once (dispatch.py)
 SHARD_LINGER_S = 0.05
+#: shards with files under way per worker before the driver lets a shard fill up: enough that a
+#: worker never waits for its next shard, few enough that full shards spread a large tree
+SHARDS_AHEAD = 2
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class SetUp:
     #: the credential environment of the driver (connection string, account key): workers
     #: resolve the same credential. Secret: repr=False, never logged
     env: dict[str, str] = field(repr=False)
+    #: the scheduler may run a shard again after its worker died (cluster.Cluster.reruns)
+    reruns: bool = True
 
     @property
     def topic(self) -> str:
@@ -87,6 +93,18 @@ class WorkItem:
             commit_if=commit_if,
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # SourceFile is a frozen dataclass with slots: pickle's default rebuilds each one field
+        # by field through dataclasses.fields(), which showed in the worker's profile (a shard
+        # of 64 files is unpickled in Dask's loop, beside the engine's thread). Its values as a
+        # tuple are rebuilt by one constructor call.
+        src = tuple(getattr(self.src, name) for name in _SOURCE_FIELDS)
+        return (
+            _work_item,
+            (src, self.record, self.chunk_bytes, self.single_put, self.content_key,
+             self.encryptiondata, self.resumable, self.commit_if),
+        )  # fmt: skip
+
     def to_task(self) -> FileTask:
         return FileTask(
             src=self.src,
@@ -97,6 +115,13 @@ class WorkItem:
             encryptiondata=self.encryptiondata,
             resumable=set(self.resumable),
         )
+
+
+_SOURCE_FIELDS = tuple(f.name for f in fields(SourceFile))
+
+
+def _work_item(src: tuple[Any, ...], *rest: Any) -> WorkItem:
+    return WorkItem(SourceFile(*src), *rest)
 
 
 @dataclass(frozen=True)

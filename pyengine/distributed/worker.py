@@ -4,8 +4,8 @@ The engine is the in-process one minus its bookkeeping: a native pipeline (threa
 memory_cap_bytes are per worker), the job's target, and send.py's Sender, which reads, sends
 and commits each file under the same ordering rules as in one process. What the Sender would
 journal goes back to the driver instead (RelayJournal: acks, commit points), in event batches
-on Dask's event log, and each file's result goes back twice: as an event (the driver counts it
-at once) and in the shard's return value (the record of what the shard did).
+on Dask's event log, and so does each file's result (a "done" event): the shard's return value
+is only its number of files, which the driver never fetches (dispatch.py says why).
 
 A shard runs once: Dask re-runs a task whose worker died, with the arguments it was first given,
 and those name blocks to resume as they were then. run_shard refuses such a re-run (StaleShard),
@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,9 +40,13 @@ from pyengine.targets.profile import choose_profile
 
 log = logging.getLogger("pyengine")
 
-#: events sent in one batch at most; a batch also leaves every EVENT_FLUSH_S and before a commit
+#: events sent in one batch at most; a batch also leaves every EVENT_FLUSH_S (see EventBatch)
 EVENT_BATCH = 256
 EVENT_FLUSH_S = 0.05
+#: ... and this long after a file's answer ("done") when the engine has drained: at most this
+#: many files left in flight (see EventBatch)
+EVENT_ANSWER_S = 0.005
+DRAINED_FILES = 8
 
 _ENGINES: dict[str, WorkerEngine] = {}
 _ENGINES_LOCK = threading.Lock()
@@ -51,22 +56,41 @@ class StaleShard(RuntimeError):
     """Dask re-ran a shard after its worker died: the driver builds it anew from its journal."""
 
 
-def run_shard(setup: SetUp, shard: Shard) -> list[dict[str, Any]]:
-    """The Dask task: sends a shard's files on this process's engine; their results."""
+def run_shard(setup: SetUp, shard: Shard) -> int:
+    """The Dask task: sends a shard's files on this process's engine; how many it answered
+    (their results went to the driver as events)."""
     from distributed import get_client, get_worker
 
-    worker = get_worker()
-    client = get_client()
-    # scheduler metadata marks a shard as started: a second start is Dask's own retry
-    seen_key = [f"pyengine-{setup.token}", shard.key]
-    if client.get_metadata(seen_key, default=None) is not None:
-        raise StaleShard(f"shard {shard.key} was started before (its worker died)")
-    client.set_metadata(seen_key, 1)
+    if setup.reruns:
+        # scheduler metadata marks a shard as started: a second start is Dask's own retry
+        client = get_client()
+        seen_key = [setup.topic, shard.key]
+        if client.get_metadata(seen_key, default=None) is not None:
+            raise StaleShard(f"shard {shard.key} was started before (its worker died)")
+        client.set_metadata(seen_key, 1)
+    return _engine(setup, get_worker()).run(shard)
+
+
+def _engine(setup: SetUp, worker: Any) -> WorkerEngine:
+    """This process's engine of the job, opened on first use."""
     with _ENGINES_LOCK:
         engine = _ENGINES.get(setup.token)
         if engine is None or engine.broken:
             engine = _ENGINES[setup.token] = WorkerEngine(setup, worker)
-    return engine.run(shard)
+        return engine
+
+
+async def open_engine(setup: SetUp, dask_worker: Any = None) -> bool:
+    """Client.run on every worker as a job starts (Dask passes ``dask_worker``): the engine
+    (its connections, pipeline and loop) opens while the driver scans and decides the first
+    files, not when the first shard comes. True once open; a failure is left for the first
+    shard to meet and report."""
+    loop = asyncio.get_running_loop()
+    try:  # off the worker's event loop: opening waits for the engine's own thread
+        await loop.run_in_executor(None, _engine, setup, dask_worker)
+    except Exception:  # the first shard opens it again and reports why
+        return False
+    return True
 
 
 def warm_up() -> int:
@@ -91,6 +115,45 @@ class _FileState:
     acks: list[tuple[int, int, int, bytes]] = field(default_factory=list)
     #: (status, reason, etag, blake3_hex) once the Sender counted the file
     outcome: tuple[str, str | None, str | None, str | None] | None = None
+
+
+class EventBatch:
+    """A worker engine's events on their way to the driver, in batches (one message each): a
+    batch leaves at EVENT_BATCH events, when the engine flushes (every EVENT_FLUSH_S, before a
+    commit), and EVENT_ANSWER_S after a file's answer once the engine has drained (``busy()``
+    is false: its last files, a small job): the driver waits for those answers (the job's end,
+    its window of files). While the engine is busy, answers wait for the periodic flush: each
+    batch handed to Dask costs the engine's thread a wake-up of the worker's loop and a GIL
+    hand-over (about 5 % of a busy worker's samples at one batch per answer)."""
+
+    def __init__(
+        self,
+        send: Callable[[list[tuple[Any, ...]]], None],
+        loop: asyncio.AbstractEventLoop,
+        busy: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._send = send
+        self._loop = loop
+        self._busy = busy
+        self._events: list[tuple[Any, ...]] = []
+        self._soon = False
+
+    def add(self, event: tuple[Any, ...]) -> None:
+        self._events.append(event)
+        if len(self._events) >= EVENT_BATCH:
+            self.flush()
+        elif event[0] == "done" and not self._soon and not self._busy():
+            # EVENT_ANSWER_S, not EVENT_FLUSH_S, later: files answered about together travel
+            # together
+            self._soon = True
+            self._loop.call_later(EVENT_ANSWER_S, self.flush)
+
+    def flush(self) -> None:
+        self._soon = False
+        if not self._events:
+            return
+        batch, self._events = self._events, []
+        self._send(batch)
 
 
 class RelayJournal:
@@ -183,11 +246,16 @@ class WorkerEngine:
         self.broken = False
         self.files: dict[int, _FileState] = {}
         self.by_path: dict[str, int] = {}
-        self._events: list[tuple[Any, ...]] = []
         self._stats: dict[str, float] = {}
         self._shard_tasks: set[asyncio.Task[Any]] = set()
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.loop = asyncio.new_event_loop()
+        # the worker sends each batch from its own loop (log_event is thread-safe)
+        self._batch = EventBatch(
+            lambda batch: worker.log_event(setup.topic, batch),
+            self.loop,
+            busy=lambda: len(self.files) > DRAINED_FILES,
+        )
         self._thread = threading.Thread(target=self._main, name="pyengine-worker", daemon=True)
         self._thread.start()
         self._ready.result()  # raises what stopped the engine from opening
@@ -244,7 +312,7 @@ class WorkerEngine:
                 "stalls": stats.stalls,
             }
 
-    def run(self, shard: Shard) -> list[dict[str, Any]]:
+    def run(self, shard: Shard) -> int:
         """Runs a shard on the engine's loop (from the Dask task's thread) and waits for it."""
         return asyncio.run_coroutine_threadsafe(self._spawn(shard), self.loop).result()
 
@@ -263,17 +331,17 @@ class WorkerEngine:
             t.cancel()
         self._stop.set()
 
-    async def _spawn(self, shard: Shard) -> list[dict[str, Any]]:
+    async def _spawn(self, shard: Shard) -> int:
         # owned like every task of the engine: a failure of the engine ends the shard too
         t = self.owner.spawn(self._run_shard(shard), name=shard.key)
         self._shard_tasks.add(t)
         t.add_done_callback(self._shard_tasks.discard)
         return await t
 
-    async def _run_shard(self, shard: Shard) -> list[dict[str, Any]]:
+    async def _run_shard(self, shard: Shard) -> int:
         results = await asyncio.gather(*(self._one(item) for item in shard.items))
-        self.flush_events()
-        return list(results)
+        self.flush_events()  # before the task ends: the driver hears of every file first
+        return len(results)
 
     async def _one(self, item: WorkItem) -> dict[str, Any]:
         async with self._window:
@@ -313,16 +381,10 @@ class WorkerEngine:
     # --- events to the driver --------------------------------------------------------------
 
     def event(self, event: tuple[Any, ...]) -> None:
-        self._events.append(event)
-        if len(self._events) >= EVENT_BATCH:
-            self.flush_events()
+        self._batch.add(event)
 
     def flush_events(self) -> None:
-        if not self._events:
-            return
-        batch, self._events = self._events, []
-        # the worker sends it from its own loop (log_event is thread-safe)
-        self.worker.log_event(self.setup.topic, batch)
+        self._batch.flush()
 
     async def _flush_periodically(self) -> None:
         while True:

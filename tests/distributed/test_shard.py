@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,12 @@ def test_a_policy_copy_refuses_workers(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         asyncio.run(pyengine.copy(tmp_path, options=CopyOptions(workers=2), policy=object()))  # type: ignore[arg-type]
     assert e.value.subject == "--workers"
+
+
+def test_work_item_travels_to_a_worker_unchanged() -> None:
+    task = _task({1: BlockAck(1, 1 << 20, 5, b"x" * 16)}, resumable={1})
+    task.content_key = b"K" * 32
+    item = WorkItem.from_task(task, {"if-none-match": "*"})
+    back = pickle.loads(pickle.dumps(item, protocol=5))
+    assert back == item
+    assert back.src == task.src and back.record.acked_blocks == item.record.acked_blocks

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,8 +29,12 @@ from azure.storage.blob import ContainerClient
 
 import pyengine
 from pyengine import CopyOptions, CopyReport, Event, LocalKeyWrapper
+from pyengine.distributed.cluster import _allowed_failures, open_client
+from pyengine.distributed.shard import SetUp
+from pyengine.distributed.worker import close_engine, open_engine
 from pyengine.options import MiB
 from pyengine.state.journal import Journal
+from pyengine.targets.auth import parse_destination
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +69,8 @@ def cluster() -> Iterator[Any]:
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            # not :8787, which another cluster on this host may hold (a warning: an error here)
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
             memory_limit=0,
             silence_logs=logging.ERROR,
         ) as local,
@@ -178,8 +185,23 @@ def kill_senders_at_first_block(cluster: Any, killed: list[str]) -> Any:
     return on_event
 
 
+@pytest.fixture(params=["reruns", "no-reruns"])
+def scheduler_reruns(request: pytest.FixtureRequest, cluster: Any) -> Iterator[str]:
+    """The shared scheduler as it comes (Dask runs a task again after its worker died: each
+    shard checks it was not started before), or allowing no re-run, as the embedded cluster of
+    ``--workers`` does (a lost shard fails at once, with no check)."""
+    scheduler = cluster.cluster.scheduler
+    allowed = scheduler.allowed_failures
+    if request.param == "no-reruns":
+        scheduler.allowed_failures = 0
+    try:
+        yield request.param
+    finally:
+        scheduler.allowed_failures = allowed
+
+
 def test_killed_worker_shard_is_retried_and_every_blob_committed_once(
-    azurite, container, cluster, fault_proxy, tmp_path: Path
+    azurite, container, cluster, scheduler_reruns, fault_proxy, tmp_path: Path
 ) -> None:
     sizes = {f"big/{i}.bin": 4 * MiB + i for i in range(4)}
     sizes.update({f"small/{i:02d}.dcm": 2 * KiB + i for i in range(12)})
@@ -390,3 +412,34 @@ def test_dask_scheduler_address_env_sends_the_files_from_that_cluster(
     # the cluster's scheduler saw a new job's event topic: its workers sent the files
     assert [t for t in set(cluster.get_events()) - before if t.startswith("pyengine-")]
     assert_destination_holds(azurite, container, files)
+
+
+def test_a_clusters_rerun_rule_decides_the_per_shard_check(cluster, scheduler_reruns) -> None:
+    async def main() -> bool:
+        async with open_client(CopyOptions(scheduler=cluster.scheduler.address)) as opened:
+            return opened.reruns
+
+    assert asyncio.run(main()) == (scheduler_reruns == "reruns")
+
+
+def test_the_embedded_cluster_runs_no_shard_twice() -> None:
+    async def main() -> tuple[bool, int]:
+        async with open_client(CopyOptions(workers=1, threads=1)) as opened:
+            return opened.reruns, await opened.client.run_on_scheduler(_allowed_failures)
+
+    assert asyncio.run(main()) == (False, 0)
+
+
+def test_engines_open_on_every_worker_ahead_of_the_first_shard(azurite, container, cluster) -> None:
+    setup = SetUp(
+        token=uuid.uuid4().hex,
+        job_id="ahead",
+        dest=parse_destination(container),
+        options=CopyOptions(threads=1, connection_string=azurite.connection_string),
+        env={},
+    )
+    opened = cluster.run(open_engine, setup)
+    assert list(opened.values()) == [True, True]
+    # each worker closes the engine it opened (its target's retry figures come back)
+    closed = cluster.run(close_engine, setup.token)
+    assert all(isinstance(stats, dict) for stats in closed.values()), closed
