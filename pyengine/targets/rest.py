@@ -51,6 +51,10 @@ from pyengine.targets.wire import (
 
 log = logging.getLogger("pyengine")
 
+#: methods aiohttp gives a default Content-Type when the request has none
+_AUTO_CONTENT_TYPE_METHODS = frozenset({"PUT", "POST", "PATCH"})
+_NO_AUTO_CONTENT_TYPE = ("Content-Type",)
+
 
 class RestClient:
     """Async context manager holding one aiohttp session (pool of ``max_connections``) and one
@@ -117,7 +121,8 @@ class RestClient:
             # aiohttp's read timer would also run while a capped body is still being sent.
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=None),
             auto_decompress=False,
-            skip_auto_headers=("Content-Type",),
+            # The service sets no cookie: a jar would only be filtered and updated per request.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self
 
@@ -166,11 +171,15 @@ class RestClient:
         if self._sas:
             qs = f"{qs}&{self._sas}" if qs else self._sas
         url = URL(f"{self._origin}{path}?{qs}" if qs else f"{self._origin}{path}", encoded=True)
-        subject = self.dest.container_url if name is None else self.dest.blob_url(name)
         size_bytes = 0 if body is None else memoryview(body).nbytes
         base_headers = {"x-ms-version": self.profile.api_version, **(headers or {})}
+        skip_auto = None
         if body is not None:
             base_headers.setdefault("content-type", "application/octet-stream")
+        elif method in _AUTO_CONTENT_TYPE_METHODS:
+            # aiohttp would add an unsigned Content-Type to a body-less PUT; asked per request
+            # (a session-wide skip list sends every request down aiohttp's slower header path)
+            skip_auto = _NO_AUTO_CONTENT_TYPE
         base_headers["content-length"] = str(size_bytes)
 
         async def send() -> tuple[aiohttp.ClientResponse, Any, str | None]:
@@ -191,7 +200,9 @@ class RestClient:
                     else _BufferPayload(body, watch=watch, bandwidth=self.pacer.bandwidth)
                 )
                 try:
-                    async with self._session.request(method, url, headers=hdrs, data=data) as resp:
+                    async with self._session.request(
+                        method, url, headers=hdrs, data=data, skip_auto_headers=skip_auto
+                    ) as resp:
                         watch.touch()
                         if into is not None and resp.status in ok:
                             # restore: the body goes straight into its pooled buffer
@@ -223,21 +234,25 @@ class RestClient:
         try:
             return await self.pacer.call(attempt, what=what)
         except RetryableHTTPError as exc:
-            raise self._map_error(exc, subject, what) from None
+            raise self._map_error(exc, self._subject(name), what) from None
         except CertificateProblem as exc:
-            raise DestinationError(subject, f"{what}: {exc}") from None
+            raise DestinationError(self._subject(name), f"{what}: {exc}") from None
         except RETRY_EXCEPTIONS as exc:
             raise DestinationError(
-                subject, redact(f"{what}: {type(exc).__name__}: {exc}".strip())
+                self._subject(name), redact(f"{what}: {type(exc).__name__}: {exc}".strip())
             ) from None
         except ClientAuthenticationError:
             # azure-identity found no credential or was refused one; its message spans a dozen
             # lines (one per credential tried), so it is summed up here
             raise AuthError(
-                subject,
+                self._subject(name),
                 "no usable credential: give --connection-string, a SAS on the URL, "
                 "$AZURE_STORAGE_KEY, or sign in for azure-identity (az login, managed identity)",
             ) from None
+
+    def _subject(self, name: str | None) -> str:
+        """The URL an error names (built only when a request fails)."""
+        return self.dest.container_url if name is None else self.dest.blob_url(name)
 
     @property
     def stats(self) -> BlobStats:
