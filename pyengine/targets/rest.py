@@ -39,6 +39,7 @@ from pyengine.targets.pacer import (
     RetryableHTTPError,
 )
 from pyengine.targets.profile import AZURE, TargetProfile
+from pyengine.targets.raw_http import RawPool, request_head
 from pyengine.targets.tls import CertificateProblem, certificate_reason, ssl_context
 from pyengine.targets.wire import (
     _NO_PERMISSION_CODES,
@@ -108,6 +109,11 @@ class RestClient:
         self._base_path = urlsplit(dest.container_url).path
         self._origin = dest.container_url[: len(dest.container_url) - len(self._base_path)]
         self._date = ("", 0)
+        origin = urlsplit(dest.container_url)
+        #: Host header of raw_http requests, as aiohttp writes it (the URL's netloc)
+        self._host_header = origin.netloc
+        self._raw: RawPool | None = None
+        self._raw_origin = (origin.scheme, origin.hostname or "", origin.port)
 
     async def __aenter__(self) -> Any:
         connector = aiohttp.TCPConnector(
@@ -124,6 +130,8 @@ class RestClient:
             # The service sets no cookie: a jar would only be filtered and updated per request.
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        scheme, host, port = self._raw_origin
+        self._raw = RawPool(scheme, host, port or (443 if scheme == "https" else 80), self._ssl)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -133,6 +141,9 @@ class RestClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
         close = getattr(self._credential, "close", None)
         if self._token is not None and close is not None:
             await close()
@@ -170,7 +181,7 @@ class RestClient:
         qs = urlencode(query, quote_via=quote, safe="") if query else ""
         if self._sas:
             qs = f"{qs}&{self._sas}" if qs else self._sas
-        url = URL(f"{self._origin}{path}?{qs}" if qs else f"{self._origin}{path}", encoded=True)
+        target = f"{path}?{qs}" if qs else path
         size_bytes = 0 if body is None else memoryview(body).nbytes
         base_headers = {"x-ms-version": self.profile.api_version, **(headers or {})}
         skip_auto = None
@@ -181,8 +192,15 @@ class RestClient:
             # (a session-wide skip list sends every request down aiohttp's slower header path)
             skip_auto = _NO_AUTO_CONTENT_TYPE
         base_headers["content-length"] = str(size_bytes)
+        # Put Blob / Put Block bodies: our own keep-alive connections (raw_http.py says why);
+        # a bandwidth cap paces slices through aiohttp's payload instead
+        raw = (
+            self._raw
+            if body is not None and into is None and self.pacer.bandwidth is None
+            else None
+        )
 
-        async def send() -> tuple[aiohttp.ClientResponse, Any, str | None]:
+        async def send() -> tuple[int, Mapping[str, str], Any, str | None]:
             hdrs = dict(base_headers)
             hdrs["x-ms-date"] = self._x_ms_date()
             if self._key is not None:
@@ -194,11 +212,17 @@ class RestClient:
             self._stats.requests += 1
             self._stats.bytes_sent += size_bytes
             async with self.pacer.stall_watch() as watch:
+                if raw is not None:
+                    assert body is not None
+                    head = request_head(method, target, self._host_header, hdrs)
+                    status, got, content = await raw.request(head, _byte_view(body), watch)
+                    return status, got, content, hdrs.get("authorization")
                 data = (
                     None
                     if body is None
                     else _BufferPayload(body, watch=watch, bandwidth=self.pacer.bandwidth)
                 )
+                url = URL(f"{self._origin}{target}", encoded=True)
                 try:
                     async with self._session.request(
                         method, url, headers=hdrs, data=data, skip_auto_headers=skip_auto
@@ -207,27 +231,27 @@ class RestClient:
                         if into is not None and resp.status in ok:
                             # restore: the body goes straight into its pooled buffer
                             filled = await _read_into(resp, into, watch)
-                            return resp, filled, hdrs.get("authorization")
+                            return resp.status, resp.headers, filled, hdrs.get("authorization")
                         parts = []
                         async for piece in resp.content.iter_any():
                             watch.touch()
                             parts.append(piece)
                 except aiohttp.ClientConnectorCertificateError as e:
                     raise CertificateProblem(certificate_reason(e)) from None
-            return resp, b"".join(parts), hdrs.get("authorization")
+            return resp.status, resp.headers, b"".join(parts), hdrs.get("authorization")
 
         async def attempt() -> tuple[int, Mapping[str, str], bytes]:
-            resp, content, sent_auth = await send()
-            if resp.status == 401 and self._token is not None and sent_auth is not None:
+            status, got, content, sent_auth = await send()
+            if status == 401 and self._token is not None and sent_auth is not None:
                 # The service refused the token (expired early, revoked, clock skew): one new
                 # token and one more try; a second 401 is final (the pacer retries no 401).
                 await self._token.refresh(sent_auth)
-                resp, content, _ = await send()
-            if resp.status in ok or resp.status in tolerate:
-                return resp.status, resp.headers, content
+                status, got, content, _ = await send()
+            if status in ok or status in tolerate:
+                return status, got, content
             code, message = _xml_error(content)
-            code = resp.headers.get("x-ms-error-code") or code or ""
-            failure = RetryableHTTPError(resp.status, resp.headers, f"{code} {message}".strip())
+            code = got.get("x-ms-error-code") or code or ""
+            failure = RetryableHTTPError(status, got, f"{code} {message}".strip())
             failure.body = content  # type: ignore[attr-defined]  # 403 detail: auth_failure_reason
             raise failure
 
@@ -285,6 +309,11 @@ class RestClient:
         return DestinationError(subject, redact(f"{what}: HTTP {exc.status} {exc.message}{tail}"))
 
     # ---- control plane ------------------------------------------------------------------
+
+
+def _byte_view(body: bytes | memoryview) -> memoryview:
+    view = body if isinstance(body, memoryview) else memoryview(body)
+    return view if view.ndim == 1 and view.itemsize == 1 else view.cast("B")
 
 
 async def _read_into(resp: Any, into: memoryview, watch: Any) -> Any:
