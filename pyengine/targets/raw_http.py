@@ -33,6 +33,8 @@ CONNECT_TIMEOUT_S = 30.0
 #: body slices handed to the transport between drains (as wire._BufferPayload: a whole 8 MiB
 #: block in one write had asyncio copy what the kernel did not take at once)
 SLICE_BYTES = 256 * 1024
+#: body length of an answer with neither Content-Length nor chunking: it ends with the connection
+UNTIL_CLOSE = -2
 #: an answer's head larger than this is not an Azure answer
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -64,6 +66,10 @@ class _Connection(asyncio.Protocol):
         if self._drained is not None and not self._drained.done():
             self._drained.set_exception(aiohttp.ServerDisconnectedError())
         if self._answer is not None and not self._answer.done():
+            if self._head is not None and self._head[2] == UNTIL_CLOSE and exc is None:
+                status, headers, _, _ = self._head
+                self._answer.set_result((status, headers, bytes(self._buf), False))
+                return
             if self._head is not None:
                 error: Exception = aiohttp.ClientPayloadError("Response payload is not completed")
             else:
@@ -121,11 +127,13 @@ class _Connection(asyncio.Protocol):
             end = self._buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(self._buf) > MAX_HEAD_BYTES:
-                    raise aiohttp.ClientResponseError(None, (), message="answer head too large")  # type: ignore[arg-type]
+                    raise aiohttp.ClientPayloadError("answer head too large")
                 return
             self._head = _parse_head(bytes(self._buf[:end]))
             del self._buf[: end + 4]
         status, headers, length, keep_alive = self._head
+        if length == UNTIL_CLOSE:
+            return  # connection_lost completes it
         if length < 0:  # chunked: the whole body is in before it is decoded
             body = _dechunk(self._buf)
             if body is None:
@@ -139,24 +147,26 @@ class _Connection(asyncio.Protocol):
 
 
 def _parse_head(raw: bytes) -> tuple[int, CIMultiDict[str], int, bool]:
-    """(status, headers, body length or -1 for chunked, keep-alive) of an answer's head."""
+    """(status, headers, body length: -1 chunked, UNTIL_CLOSE, keep-alive) of an answer's head."""
     lines = raw.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise aiohttp.ClientResponseError(None, (), message="not an HTTP/1.1 answer")  # type: ignore[arg-type]
+        raise aiohttp.ClientPayloadError("not an HTTP/1.1 answer")
     headers: CIMultiDict[str] = CIMultiDict()
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if not sep:
-            raise aiohttp.ClientResponseError(None, (), message="malformed answer header")  # type: ignore[arg-type]
+            raise aiohttp.ClientPayloadError("malformed answer header")
         headers.add(name.strip(), value.strip())
     keep_alive = parts[0] == "HTTP/1.1" and headers.get("Connection", "").lower() != "close"
     if "chunked" in headers.get("Transfer-Encoding", "").lower():
         return int(parts[1]), headers, -1, keep_alive
     length = headers.get("Content-Length")
-    if length is None or not length.isdigit():
+    if length is None:
         # no length: the body ends with the connection (never a keep-alive answer)
-        raise aiohttp.ClientResponseError(None, (), message="answer without a length")  # type: ignore[arg-type]
+        return int(parts[1]), headers, UNTIL_CLOSE, False
+    if not length.isdigit():
+        raise aiohttp.ClientPayloadError("malformed Content-Length")
     return int(parts[1]), headers, int(length), keep_alive
 
 

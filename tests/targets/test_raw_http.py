@@ -185,3 +185,36 @@ def test_a_newline_in_a_header_value_is_refused_before_anything_is_sent() -> Non
         return srv
 
     assert asyncio.run(go()).requests == []
+
+
+def test_an_answer_without_a_length_ends_with_its_connection() -> None:
+    xml = b"<?xml version='1.0'?><Error><Code>InvalidHeaderValue</Code><Message>m</Message></Error>"
+
+    async def no_length(reader: Any, writer: asyncio.StreamWriter, index: int) -> bool:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n" + xml)
+        await writer.drain()
+        return False  # the server closes: that ends the body
+
+    async def go() -> None:
+        async with RawServer(no_length) as srv, store_for(srv.url) as store:
+            await store.put_blob("a", b"x", crc64=0, metadata={})
+
+    with pytest.raises(DestinationError, match=r"HTTP 400 InvalidHeaderValue m$"):
+        asyncio.run(go())
+
+
+def test_a_garbled_answer_is_retried_then_one_line() -> None:
+    async def garbage(reader: Any, writer: asyncio.StreamWriter, index: int) -> bool:
+        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+        await writer.drain()
+        return False
+
+    async def go() -> tuple[RawServer, BaseException]:
+        async with RawServer(garbage) as srv, store_for(srv.url) as store:
+            with pytest.raises(DestinationError) as info:
+                await store.put_blob("a", b"x", crc64=0, metadata={})
+        return srv, info.value
+
+    srv, error = asyncio.run(go())
+    assert len(srv.requests) == FAST_RETRY.max_tries
+    assert "not an HTTP/1.1 answer" in str(error) and "\n" not in str(error)
