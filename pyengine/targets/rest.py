@@ -40,6 +40,7 @@ from pyengine.targets.pacer import (
 )
 from pyengine.targets.profile import AZURE, TargetProfile
 from pyengine.targets.ranged import RangeClient
+from pyengine.targets.raw_http import RawPool, request_head
 from pyengine.targets.tls import CertificateProblem, certificate_reason, ssl_context
 from pyengine.targets.wire import (
     _NO_PERMISSION_CODES,
@@ -51,6 +52,10 @@ from pyengine.targets.wire import (
 )
 
 log = logging.getLogger("pyengine")
+
+#: methods aiohttp gives a default Content-Type when the request has none
+_AUTO_CONTENT_TYPE_METHODS = frozenset({"PUT", "POST", "PATCH"})
+_NO_AUTO_CONTENT_TYPE = ("Content-Type",)
 
 
 class RestClient:
@@ -107,6 +112,11 @@ class RestClient:
         self._base_path = urlsplit(dest.container_url).path
         self._origin = dest.container_url[: len(dest.container_url) - len(self._base_path)]
         self._date = ("", 0)
+        origin = urlsplit(dest.container_url)
+        #: Host header of raw_http requests, as aiohttp writes it (the URL's netloc)
+        self._host_header = origin.netloc
+        self._raw: RawPool | None = None
+        self._raw_origin = (origin.scheme, origin.hostname or "", origin.port)
 
     async def __aenter__(self) -> Any:
         connector = aiohttp.TCPConnector(
@@ -120,9 +130,12 @@ class RestClient:
             # aiohttp's read timer would also run while a capped body is still being sent.
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=None),
             auto_decompress=False,
-            skip_auto_headers=("Content-Type",),
+            # The service sets no cookie: a jar would only be filtered and updated per request.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._ranges = RangeClient(self._origin, self._ssl, limit=self._max_connections)
+        scheme, host, port = self._raw_origin
+        self._raw = RawPool(scheme, host, port or (443 if scheme == "https" else 80), self._ssl)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -135,6 +148,9 @@ class RestClient:
         if self._ranges is not None:
             self._ranges.close()
             self._ranges = None
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
         close = getattr(self._credential, "close", None)
         if self._token is not None and close is not None:
             await close()
@@ -173,15 +189,25 @@ class RestClient:
         if self._sas:
             qs = f"{qs}&{self._sas}" if qs else self._sas
         target = f"{path}?{qs}" if qs else path
-        url = URL(f"{self._origin}{target}", encoded=True)
-        subject = self.dest.container_url if name is None else self.dest.blob_url(name)
         size_bytes = 0 if body is None else memoryview(body).nbytes
         base_headers = {"x-ms-version": self.profile.api_version, **(headers or {})}
+        skip_auto = None
         if body is not None:
             base_headers.setdefault("content-type", "application/octet-stream")
+        elif method in _AUTO_CONTENT_TYPE_METHODS:
+            # aiohttp would add an unsigned Content-Type to a body-less PUT; asked per request
+            # (a session-wide skip list sends every request down aiohttp's slower header path)
+            skip_auto = _NO_AUTO_CONTENT_TYPE
         base_headers["content-length"] = str(size_bytes)
+        # Put Blob / Put Block bodies: our own keep-alive connections (raw_http.py says why);
+        # a bandwidth cap paces slices through aiohttp's payload instead
+        raw = (
+            self._raw
+            if body is not None and into is None and self.pacer.bandwidth is None
+            else None
+        )
 
-        async def send() -> tuple[aiohttp.ClientResponse, Any, str | None]:
+        async def send() -> tuple[int, Mapping[str, str], Any, str | None]:
             hdrs = dict(base_headers)
             hdrs["x-ms-date"] = self._x_ms_date()
             if self._key is not None:
@@ -198,14 +224,22 @@ class RestClient:
                     answer, content = await self._ranges.get(
                         target, hdrs, into, ok=ok, progress=watch.touch
                     )
-                    return answer, content, hdrs.get("authorization")
+                    return answer.status, answer.headers, content, hdrs.get("authorization")
+                if raw is not None:
+                    assert body is not None
+                    head = request_head(method, target, self._host_header, hdrs)
+                    status, got, content = await raw.request(head, _byte_view(body), watch)
+                    return status, got, content, hdrs.get("authorization")
                 data = (
                     None
                     if body is None
                     else _BufferPayload(body, watch=watch, bandwidth=self.pacer.bandwidth)
                 )
+                url = URL(f"{self._origin}{target}", encoded=True)
                 try:
-                    async with self._session.request(method, url, headers=hdrs, data=data) as resp:
+                    async with self._session.request(
+                        method, url, headers=hdrs, data=data, skip_auto_headers=skip_auto
+                    ) as resp:
                         watch.touch()
                         parts = []
                         async for piece in resp.content.iter_any():
@@ -213,41 +247,45 @@ class RestClient:
                             parts.append(piece)
                 except aiohttp.ClientConnectorCertificateError as e:
                     raise CertificateProblem(certificate_reason(e)) from None
-            return resp, b"".join(parts), hdrs.get("authorization")
+            return resp.status, resp.headers, b"".join(parts), hdrs.get("authorization")
 
         async def attempt() -> tuple[int, Mapping[str, str], bytes]:
-            resp, content, sent_auth = await send()
-            if resp.status == 401 and self._token is not None and sent_auth is not None:
+            status, got, content, sent_auth = await send()
+            if status == 401 and self._token is not None and sent_auth is not None:
                 # The service refused the token (expired early, revoked, clock skew): one new
                 # token and one more try; a second 401 is final (the pacer retries no 401).
                 await self._token.refresh(sent_auth)
-                resp, content, _ = await send()
-            if resp.status in ok or resp.status in tolerate:
-                return resp.status, resp.headers, content
+                status, got, content, _ = await send()
+            if status in ok or status in tolerate:
+                return status, got, content
             code, message = _xml_error(content)
-            code = resp.headers.get("x-ms-error-code") or code or ""
-            failure = RetryableHTTPError(resp.status, resp.headers, f"{code} {message}".strip())
+            code = got.get("x-ms-error-code") or code or ""
+            failure = RetryableHTTPError(status, got, f"{code} {message}".strip())
             failure.body = content  # type: ignore[attr-defined]  # 403 detail: auth_failure_reason
             raise failure
 
         try:
             return await self.pacer.call(attempt, what=what)
         except RetryableHTTPError as exc:
-            raise self._map_error(exc, subject, what) from None
+            raise self._map_error(exc, self._subject(name), what) from None
         except CertificateProblem as exc:
-            raise DestinationError(subject, f"{what}: {exc}") from None
+            raise DestinationError(self._subject(name), f"{what}: {exc}") from None
         except RETRY_EXCEPTIONS as exc:
             raise DestinationError(
-                subject, redact(f"{what}: {type(exc).__name__}: {exc}".strip())
+                self._subject(name), redact(f"{what}: {type(exc).__name__}: {exc}".strip())
             ) from None
         except ClientAuthenticationError:
             # azure-identity found no credential or was refused one; its message spans a dozen
             # lines (one per credential tried), so it is summed up here
             raise AuthError(
-                subject,
+                self._subject(name),
                 "no usable credential: give --connection-string, a SAS on the URL, "
                 "$AZURE_STORAGE_KEY, or sign in for azure-identity (az login, managed identity)",
             ) from None
+
+    def _subject(self, name: str | None) -> str:
+        """The URL an error names (built only when a request fails)."""
+        return self.dest.container_url if name is None else self.dest.blob_url(name)
 
     @property
     def stats(self) -> BlobStats:
@@ -280,3 +318,8 @@ class RestClient:
         return DestinationError(subject, redact(f"{what}: HTTP {exc.status} {exc.message}{tail}"))
 
     # ---- control plane ------------------------------------------------------------------
+
+
+def _byte_view(body: bytes | memoryview) -> memoryview:
+    view = body if isinstance(body, memoryview) else memoryview(body)
+    return view if view.ndim == 1 and view.itemsize == 1 else view.cast("B")
