@@ -1,31 +1,41 @@
-"""Put Blob / Put Block bodies over plain HTTP/1.1 keep-alive connections of our own, beside
-aiohttp's session (rest.py sends every other request through aiohttp).
+"""Our own HTTP/1.1 client for the data path's two hot requests, beside aiohttp's session: Put Blob
+/ Put Block bodies out, and restore's ranged Get Blob in. rest.py builds, signs and paces every
+request (pacer retries, concurrency limit, stall watch) and sends all others through aiohttp.
 
-Why: aiohttp's request pipeline (ClientRequest, its header merging, a writer task, the response
-object) was ~135 us of event-loop CPU per 256 KiB Put Blob of the ~245 us the whole request cost
-(bench upload's small files, main-thread CPU measured with RUSAGE_THREAD into the nginx sink:
-aiohttp ~245 us, this path ~110 us, same headers and signing). On 2 cores the loop's CPU per file
-is what bounds files/s. DESIGN.md allows the bypass for the data path where a benchmark shows it.
+Why, measured (DESIGN.md allows the bypass only where a benchmark shows the bottleneck):
+- out: aiohttp's request pipeline (ClientRequest, its header merging, a writer task, the response
+  object) was ~135 us of the ~245 us of event-loop CPU per 256 KiB Put Blob (bench upload's small
+  files into the nginx sink, RUSAGE_THREAD: aiohttp ~245 us, this path ~110 us, same headers and
+  signing). On 2 cores the loop's CPU per file is what bounds files/s.
+- in: aiohttp hands a body over as pieces: a fresh bytes object per socket read, a second copy cut
+  out by its parser, then ours into the pooled buffer. Here get_buffer (asyncio's BufferedProtocol)
+  returns the unfilled part of the caller's buffer, so the socket's recv_into writes the body there
+  and the only copy is the kernel's. `bench download` (2 GiB encrypted, 512 MiB cap, medians of 3):
+  the restore's event loop 1.05 CPU-s/GB through aiohttp's StreamReader, 0.59 this way.
 
-What it keeps: the same signed headers (rest.py builds and signs them, as for aiohttp); TLS with
-the store's context (certificate errors are CertificateProblem, as aiohttp's); every failure is
-an exception the pacer already classifies (aiohttp's ClientOSError, ServerDisconnectedError,
-ClientPayloadError), so retries, the stall watch and the adaptive limit apply unchanged. What it
-leaves to aiohttp: requests under a bandwidth cap (paced slices), bodiless requests, downloads.
-There is no forward-proxy support to keep: the session does not read proxy settings either.
+What it is: keep-alive connections to one origin, one exchange at a time on each; TLS with the
+session's context (tls.py: the system store, SSL_CERT_FILE, --ca-cert); no proxy (the session
+reads no proxy settings either). An answer is framed by Content-Length, chunked encoding, or the
+end of its connection; interim 1xx answers are skipped. Its body goes into the caller's buffer
+(``into``) when its status is one the caller takes (``ok``), else it comes back as bytes (error
+documents, empty Put answers; at most OTHER_BODY_MAX_BYTES). Failures are the aiohttp exceptions
+the pacer already retries (ClientOSError, ServerDisconnectedError, ClientPayloadError); a refused
+server certificate is tls.CertificateProblem; a CR or LF in a header value is a ValueError before
+anything is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
-from pyengine.targets.pacer import StallWatch
 from pyengine.targets.tls import CertificateProblem, certificate_reason_of
 
 #: connect timeout, as the aiohttp session's sock_connect
@@ -33,48 +43,132 @@ CONNECT_TIMEOUT_S = 30.0
 #: body slices handed to the transport between drains (as wire._BufferPayload: a whole 8 MiB
 #: block in one write had asyncio copy what the kernel did not take at once)
 SLICE_BYTES = 256 * 1024
-#: body length of an answer with neither Content-Length nor chunking: it ends with the connection
-UNTIL_CLOSE = -2
-#: an answer's head larger than this is not an Azure answer
+#: an answer's head larger than this is not an Azure answer (aiohttp allows 8190 bytes a line)
 MAX_HEAD_BYTES = 64 * 1024
+#: a body that does not go to a caller's buffer (an error document) at most
+OTHER_BODY_MAX_BYTES = 1024 * 1024
+#: body framing of an answer's head: chunked, or ended by the connection's end
+CHUNKED = -1
+UNTIL_CLOSE = -2
+
+_EMPTY = memoryview(b"")
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection: one request at a time, its answer parsed as bytes arrive."""
+def _no_progress() -> None:
+    pass
+
+
+class _Connection(asyncio.BufferedProtocol):
+    """One keep-alive connection: one exchange at a time, its answer parsed as bytes arrive."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None
         self.closed = False
-        self._buf = bytearray()
-        self._answer: asyncio.Future[tuple[int, CIMultiDict[str], bytes, bool]] | None = None
-        self._head: tuple[int, CIMultiDict[str], int, bool] | None = None  # status, headers, len
+        #: the last answer allows the connection to serve another request
+        self.reusable = True
+        # the socket's buffer for heads and for bodies that go to bytes; a memoryview, never the
+        # bytearray itself: asyncio's TLS layer fills it in steps through buf[offset:], which of
+        # a bytearray is a copy (3.11 sslproto._do_read__buffered), losing all but the first step
+        self._scratch = memoryview(bytearray(64 * 1024))
+        self._state = "idle"  # head | into | length | chunked | to_eof | idle
+        self._raw = bytearray()  # the head as it arrives, then a body that goes to bytes
+        self._into = _EMPTY
+        self._ok: tuple[int, ...] = ()
+        self._filled = 0  # body bytes in _into
+        self._need = 0  # Content-Length
+        self._in_buffer = False  # the answer's body is in _into
+        self._no_body = False  # the answer to a HEAD has none, whatever its head says
+        self._progress: Callable[[], None] = _no_progress
+        self._answer: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._paused = False
-        self._watch: StallWatch | None = None
+        self.status = 0
+        self.headers: CIMultiDict[str] = CIMultiDict()
 
-    def pending_bytes(self) -> int:
-        """Bytes received while no request was waiting (an idle connection should have none)."""
-        return len(self._buf)
+    # ---- one exchange ---------------------------------------------------------------------
 
-    # -- asyncio.Protocol ------------------------------------------------------------------
+    async def exchange(
+        self,
+        head: bytes,
+        body: memoryview | None,
+        into: memoryview | None,
+        ok: tuple[int, ...],
+        progress: Callable[[], None],
+        no_body: bool,
+    ) -> tuple[int, CIMultiDict[str], memoryview | bytes]:
+        """Sends ``head`` and ``body``; (status, headers, body) of the answer: the filled part of
+        ``into`` for a status in ``ok``, else bytes."""
+        loop = asyncio.get_running_loop()
+        answer = self._answer = loop.create_future()
+        self._into, self._ok, self._progress, self._no_body = into or _EMPTY, ok, progress, no_body
+        self._state, self._filled, self._need, self._in_buffer = "head", 0, 0, False
+        self._raw.clear()
+        self.transport.write(head)
+        if body is not None and body.nbytes:
+            # a body of up to two slices goes in one write (a 28-byte tail of an encrypted
+            # 256 KiB file was a send() of its own)
+            step = body.nbytes if body.nbytes <= 2 * SLICE_BYTES else SLICE_BYTES
+            for start in range(0, body.nbytes, step):
+                if answer.done():  # answered (refused) before the whole body went out
+                    self.reusable = False
+                    break
+                self.transport.write(body[start : start + step])
+                if self._paused and not self.closed:
+                    self._drained = loop.create_future()
+                    await self._drained
+                progress()
+        await answer
+        status, headers = self.status, self.headers
+        content = self._into[: self._filled] if self._in_buffer else bytes(self._raw)
+        self.detach()
+        return status, headers, content
+
+    def detach(self) -> None:
+        """Forget the caller's buffer: nothing more is written to it, even bytes a TLS layer
+        still holds, and an idle connection does not keep alive a buffer its pool dropped."""
+        self._state, self._into, self._answer = "idle", _EMPTY, None
+        self._progress = _no_progress
+        self._raw.clear()
+
+    def _finish(self, exc: BaseException | None = None) -> None:
+        self._state = "idle"
+        answer = self._answer
+        if answer is not None and not answer.done():
+            if exc is None:
+                answer.set_result(None)
+            else:
+                answer.set_exception(exc)
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)  # a sender waiting to drain: the answer is in, stop
+        if exc is not None:
+            self.reusable = False
+            if self.transport is not None:
+                self.transport.abort()
+
+    # ---- asyncio callbacks --------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_exception(aiohttp.ServerDisconnectedError())
-        if self._answer is not None and not self._answer.done():
-            if self._head is not None and self._head[2] == UNTIL_CLOSE and exc is None:
-                status, headers, _, _ = self._head
-                self._answer.set_result((status, headers, bytes(self._buf), False))
-                return
-            if self._head is not None:
-                error: Exception = aiohttp.ClientPayloadError("Response payload is not completed")
-            else:
-                error = aiohttp.ServerDisconnectedError()
-            self._answer.set_exception(error)
+        state = self._state
+        if state == "to_eof" and exc is None:
+            self._finish_collected()
+        elif state == "into":
+            self._finish(
+                aiohttp.ClientPayloadError(
+                    f"response cut short: {self._filled} of {self._need} bytes"
+                )
+            )
+        elif state in ("length", "chunked", "to_eof"):
+            self._finish(aiohttp.ClientPayloadError("response cut short"))
+        elif state == "head":
+            self._finish(aiohttp.ServerDisconnectedError())
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_exception(aiohttp.ServerDisconnectedError())
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -84,70 +178,120 @@ class _Connection(asyncio.Protocol):
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
-    def data_received(self, data: bytes) -> None:
-        self._buf += data
-        if self._watch is not None:
-            self._watch.touch()
-        if self._answer is not None and not self._answer.done():
-            try:
-                self._parse()
-            except aiohttp.ClientError as e:
-                self._answer.set_exception(e)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._state == "into":
+            return self._into[self._filled : self._need]
+        return self._scratch
 
-    # -- one request -----------------------------------------------------------------------
+    def buffer_updated(self, nbytes: int) -> None:
+        self._progress()
+        if self._state == "into":
+            self._filled += nbytes
+            if self._filled == self._need:
+                self._finish()
+            return
+        data = self._scratch[:nbytes]
+        if self._state == "head":
+            self._raw += data
+            self._parse_head()
+        elif self._state != "idle":
+            self._take(data)
+        else:  # bytes nobody asked for: not HTTP as we know it
+            self.reusable = False
+            self.transport.abort()
 
-    async def request(
-        self, head: bytes, body: memoryview, watch: StallWatch
-    ) -> tuple[int, CIMultiDict[str], bytes, bool]:
-        """Sends ``head`` and ``body``; (status, headers, body, keep_alive) of the answer."""
-        assert self.transport is not None
-        loop = asyncio.get_running_loop()
-        self._answer = loop.create_future()
-        self._head = None
-        self._watch = watch
+    def eof_received(self) -> bool:
+        return False  # close the transport: connection_lost decides what that means
+
+    # ---- the answer ---------------------------------------------------------------------
+
+    def _parse_head(self) -> None:
+        end = self._raw.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._raw) > MAX_HEAD_BYTES:
+                self._finish(aiohttp.ClientPayloadError("answer head too large"))
+            return
         try:
-            self.transport.write(head)
-            # a body of up to two slices goes in one write (a 28-byte tail of an encrypted
-            # 256 KiB file was a send() of its own)
-            step = max(1, body.nbytes) if body.nbytes <= 2 * SLICE_BYTES else SLICE_BYTES
-            for start in range(0, body.nbytes, step):
-                self.transport.write(body[start : start + step])
-                if self._paused and not self.closed:
-                    self._drained = loop.create_future()
-                    await self._drained
-                watch.touch()
-            return await self._answer
-        finally:
-            self._watch = None
-            self._drained = None
-
-    def _parse(self) -> None:
-        assert self._answer is not None
-        if self._head is None:
-            end = self._buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buf) > MAX_HEAD_BYTES:
-                    raise aiohttp.ClientPayloadError("answer head too large")
+            status, headers, framing, keep_alive = _parse_head(bytes(self._raw[:end]))
+        except aiohttp.ClientPayloadError as e:
+            self._finish(e)
+            return
+        rest = self._raw[end + 4 :]
+        if 100 <= status < 200:  # an interim answer: the real one follows
+            self._raw = rest
+            self._parse_head()
+            return
+        self.status, self.headers, self.reusable = status, headers, keep_alive
+        self._raw = bytearray()
+        if self._no_body or status in (204, 304) or framing == 0:
+            self.reusable = keep_alive and not rest
+            self._in_buffer = bool(self._into.nbytes) and status in self._ok  # an empty range
+            self._finish()
+        elif framing == CHUNKED:
+            self._state = "chunked"
+            self._take(memoryview(rest))
+        elif framing == UNTIL_CLOSE:
+            self._state, self.reusable = "to_eof", False
+            self._take(memoryview(rest))
+        elif self._into.nbytes and status in self._ok:
+            # the range: straight into the caller's buffer, from here on by the socket itself
+            if framing > self._into.nbytes:
+                self._finish(aiohttp.ClientPayloadError("answer longer than the range asked for"))
                 return
-            self._head = _parse_head(bytes(self._buf[:end]))
-            del self._buf[: end + 4]
-        status, headers, length, keep_alive = self._head
-        if length == UNTIL_CLOSE:
-            return  # connection_lost completes it
-        if length < 0:  # chunked: the whole body is in before it is decoded
-            body = _dechunk(self._buf)
-            if body is None:
-                return
+            taken = min(len(rest), framing)
+            self._into[:taken] = rest[:taken]
+            self._need, self._filled, self._in_buffer = framing, taken, True
+            self._state = "into"
+            if len(rest) > framing:  # more than the answer: the connection is not reused
+                self.reusable = False
+            if self._filled == self._need:
+                self._finish()
+        elif framing > OTHER_BODY_MAX_BYTES:
+            self._finish(aiohttp.ClientPayloadError("answer longer than expected"))
         else:
-            if len(self._buf) < length:
+            self._need, self._state = framing, "length"
+            self._take(memoryview(rest))
+
+    def _take(self, data: memoryview) -> None:
+        """A body that does not go straight to a buffer: collected aside."""
+        raw = self._raw
+        raw += data
+        if self._state == "length":
+            if len(raw) >= self._need:
+                if len(raw) > self._need:
+                    self.reusable = False
+                    del raw[self._need :]
+                self._finish()
+            return
+        limit = self._into.nbytes if self.status in self._ok else 0
+        if len(raw) > max(limit, OTHER_BODY_MAX_BYTES) + 64 * 1024:  # + chunk framing
+            self._finish(aiohttp.ClientPayloadError("answer longer than expected"))
+        elif self._state == "chunked":
+            try:
+                body = _dechunk(raw)
+            except aiohttp.ClientPayloadError as e:
+                self._finish(e)
                 return
-            body = bytes(self._buf[:length])
-            del self._buf[:length]
-        self._answer.set_result((status, headers, body, keep_alive and not self._buf))
+            if body is not None:
+                self.reusable = self.reusable and not raw  # _dechunk removed what it decoded
+                self._raw = bytearray(body)
+                self._finish_collected()
+
+    def _finish_collected(self) -> None:
+        """End an answer whose body was collected aside (chunked, or read to the end); a range
+        that came so is copied into the buffer once (rare: Blob storage sends a Content-Length)."""
+        if self._into.nbytes and self.status in self._ok:
+            n = len(self._raw)
+            if n > self._into.nbytes:
+                self._finish(aiohttp.ClientPayloadError("answer longer than the range asked for"))
+                return
+            self._into[:n] = self._raw
+            self._filled, self._in_buffer = n, True
+        self._finish()
 
 
 def _parse_head(raw: bytes) -> tuple[int, CIMultiDict[str], int, bool]:
-    """(status, headers, body length: -1 chunked, UNTIL_CLOSE, keep-alive) of an answer's head."""
+    """(status, headers, body length or CHUNKED or UNTIL_CLOSE, keep-alive) of an answer's head."""
     lines = raw.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
@@ -158,21 +302,22 @@ def _parse_head(raw: bytes) -> tuple[int, CIMultiDict[str], int, bool]:
         if not sep:
             raise aiohttp.ClientPayloadError("malformed answer header")
         headers.add(name.strip(), value.strip())
+    status = int(parts[1])
     keep_alive = parts[0] == "HTTP/1.1" and headers.get("Connection", "").lower() != "close"
     if "chunked" in headers.get("Transfer-Encoding", "").lower():
-        return int(parts[1]), headers, -1, keep_alive
+        return status, headers, CHUNKED, keep_alive
     length = headers.get("Content-Length")
     if length is None:
-        # no length: the body ends with the connection (never a keep-alive answer)
-        return int(parts[1]), headers, UNTIL_CLOSE, False
+        # no length: a body, if any, ends with the connection (never a keep-alive answer)
+        return status, headers, UNTIL_CLOSE, False
     if not length.isdigit():
         raise aiohttp.ClientPayloadError("malformed Content-Length")
-    return int(parts[1]), headers, int(length), keep_alive
+    return status, headers, int(length), keep_alive
 
 
 def _dechunk(buf: bytearray) -> bytes | None:
-    """The body of a complete chunked encoding at the start of ``buf`` (removed from it), or
-    None while it is incomplete."""
+    """The body of a complete chunked encoding at the start of ``buf`` (removed from it, trailers
+    ignored), or None while it is incomplete."""
     out = bytearray()
     pos = 0
     while True:
@@ -197,7 +342,7 @@ def _dechunk(buf: bytearray) -> bytes | None:
         pos = start + size + 2
 
 
-def request_head(method: str, target: str, host: str, headers: dict[str, str]) -> bytes:
+def request_head(method: str, target: str, host: str, headers: Mapping[str, str]) -> bytes:
     """The request line and headers (``headers``: lowercase names, as signed). A CR or LF in a
     value would end the header early (header injection): refused, as aiohttp refuses it."""
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {SERVER_SOFTWARE}\r\n"]
@@ -209,40 +354,61 @@ def request_head(method: str, target: str, host: str, headers: dict[str, str]) -
     return "".join(lines).encode("utf-8")
 
 
-class RawPool:
-    """Idle keep-alive connections to one origin. A connection serves one request at a time;
-    how many run at once is the pacer's limit (rest.py sends through it)."""
+class HttpPool:
+    """Keep-alive connections to one origin (``scheme://host[:port]``), at most ``limit`` kept
+    idle. A connection serves one request at a time; how many run at once is the pacer's limit
+    (rest.py sends through it)."""
 
-    def __init__(self, scheme: str, host: str, port: int, ssl_ctx: ssl.SSLContext | None) -> None:
-        self._host, self._port = host, port
-        self._ssl: ssl.SSLContext | None = None
-        if scheme == "https":
-            self._ssl = ssl_ctx if ssl_ctx is not None else ssl.create_default_context()
+    def __init__(self, origin: str, ssl_ctx: ssl.SSLContext | None, *, limit: int = 64) -> None:
+        parts = urlsplit(origin)
+        https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if https else 80)
+        #: the Host header as aiohttp writes it (the URL's netloc)
+        self._host_header = parts.netloc
+        self._ssl = (ssl_ctx or ssl.create_default_context()) if https else None
+        self._limit = limit
         self._idle: list[_Connection] = []
 
     async def request(
-        self, head: bytes, body: memoryview, watch: StallWatch
-    ) -> tuple[int, CIMultiDict[str], bytes]:
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        *,
+        body: bytes | memoryview | None = None,
+        into: memoryview | None = None,
+        ok: tuple[int, ...] = (),
+        progress: Callable[[], None] = _no_progress,
+    ) -> tuple[int, CIMultiDict[str], memoryview | bytes]:
+        """One exchange: (status, headers, body). ``headers`` go as given (lowercase names, as
+        signed; Content-Length among them when there is a body). With ``into``, an answer whose
+        status is in ``ok`` has its body received into that buffer and the filled part of it
+        returned; any other body comes back as bytes. ``progress`` is called as bytes go and come
+        (the stall watch's touch)."""
+        head = request_head(method, target, self._host_header, headers)
+        view = None if body is None else _byte_view(body)
         conn = await self._connection()
-        clean = False
         try:
-            status, headers, content, keep_alive = await conn.request(head, body, watch)
-            clean = keep_alive
-            return status, headers, content
-        finally:
-            # a cancelled or failed try leaves the connection in an unknown state: never reused
-            if clean and not conn.closed:
-                self._idle.append(conn)
-            elif conn.transport is not None:
-                conn.transport.abort()
+            answer = await conn.exchange(head, view, into, ok, progress, method == "HEAD")
+        except BaseException:
+            # cancelled or failed mid-exchange: the connection is spent, the buffer let go
+            conn.detach()
+            conn.reusable = False
+            conn.transport.abort()
+            raise
+        if conn.reusable and not conn.closed and len(self._idle) < self._limit:
+            self._idle.append(conn)
+        else:
+            conn.transport.close()
+        return answer
 
     async def _connection(self) -> _Connection:
         while self._idle:
             conn = self._idle.pop()
-            if not conn.closed and not conn.pending_bytes():
+            if conn.reusable and not conn.closed:
                 return conn
-            if conn.transport is not None:  # closed, or it sent something unasked: not reused
-                conn.transport.abort()
+            conn.transport.abort()  # closed, or it sent something unasked
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
@@ -265,6 +431,9 @@ class RawPool:
 
     def close(self) -> None:
         while self._idle:
-            conn = self._idle.pop()
-            if conn.transport is not None:
-                conn.transport.close()
+            self._idle.pop().transport.close()
+
+
+def _byte_view(body: bytes | memoryview) -> memoryview:
+    view = body if isinstance(body, memoryview) else memoryview(body)
+    return view if view.ndim == 1 and view.itemsize == 1 else view.cast("B")

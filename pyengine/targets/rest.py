@@ -1,7 +1,8 @@
-"""The signed REST request path every blob operation goes through: one aiohttp session, one
-pacer (retries, adaptive concurrency, caps), SharedKey / SAS / Bearer signing, and the mapping of
-the service's answers onto pyengine's errors. The operations themselves (Put Block, List Blobs,
-...) are in azure_blob.py; this module holds what they share.
+"""The signed REST request path every blob operation goes through: one aiohttp session beside
+our own HTTP/1.1 connections for Put Blob / Put Block bodies and restore's ranged reads
+(raw_http.py), one pacer (retries, adaptive concurrency, caps), SharedKey / SAS / Bearer signing,
+and the mapping of the service's answers onto pyengine's errors. The operations themselves (Put
+Block, List Blobs, ...) are in azure_blob.py; this module holds what they share.
 
 The SDK's per-request pipeline costs about 2 ms of CPU per request; at > 3,000 requests/s on 2
 cores that is the whole budget, so the data path bypasses it.
@@ -39,8 +40,7 @@ from pyengine.targets.pacer import (
     RetryableHTTPError,
 )
 from pyengine.targets.profile import AZURE, TargetProfile
-from pyengine.targets.ranged import RangeClient
-from pyengine.targets.raw_http import RawPool, request_head
+from pyengine.targets.raw_http import HttpPool
 from pyengine.targets.tls import CertificateProblem, certificate_reason, ssl_context
 from pyengine.targets.wire import (
     _NO_PERMISSION_CODES,
@@ -90,8 +90,9 @@ class RestClient:
         self._stats = BlobStats()
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
-        #: restore's ranged reads (``into``): the body straight into the caller's buffer
-        self._ranges: RangeClient | None = None
+        #: our own HTTP/1.1 connections (raw_http.py) for Put Blob / Put Block bodies and
+        #: restore's ranged reads (``into``: the body straight into the caller's buffer)
+        self._raw: HttpPool | None = None
         self._sas: str | None = None
         self._key: bytes | None = None
         self._token: _TokenCache | None = None
@@ -112,11 +113,6 @@ class RestClient:
         self._base_path = urlsplit(dest.container_url).path
         self._origin = dest.container_url[: len(dest.container_url) - len(self._base_path)]
         self._date = ("", 0)
-        origin = urlsplit(dest.container_url)
-        #: Host header of raw_http requests, as aiohttp writes it (the URL's netloc)
-        self._host_header = origin.netloc
-        self._raw: RawPool | None = None
-        self._raw_origin = (origin.scheme, origin.hostname or "", origin.port)
 
     async def __aenter__(self) -> Any:
         connector = aiohttp.TCPConnector(
@@ -133,9 +129,7 @@ class RestClient:
             # The service sets no cookie: a jar would only be filtered and updated per request.
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        self._ranges = RangeClient(self._origin, self._ssl, limit=self._max_connections)
-        scheme, host, port = self._raw_origin
-        self._raw = RawPool(scheme, host, port or (443 if scheme == "https" else 80), self._ssl)
+        self._raw = HttpPool(self._origin, self._ssl, limit=self._max_connections)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -145,9 +139,6 @@ class RestClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._ranges is not None:
-            self._ranges.close()
-            self._ranges = None
         if self._raw is not None:
             self._raw.close()
             self._raw = None
@@ -180,7 +171,7 @@ class RestClient:
 
         A status in ``tolerate`` is returned instead of raised (e.g. 404 for "absent"). With
         ``into`` (restore's ranged GET), a successful answer's body is received straight into that
-        buffer (ranged.py: the socket writes it there) and the body returned is the filled part.
+        buffer (raw_http.py: the socket writes it there) and the body returned is the filled part.
         """
         assert self._session is not None, "BlobStore used outside 'async with'"
         query = query or {}
@@ -199,13 +190,12 @@ class RestClient:
             # (a session-wide skip list sends every request down aiohttp's slower header path)
             skip_auto = _NO_AUTO_CONTENT_TYPE
         base_headers["content-length"] = str(size_bytes)
-        # Put Blob / Put Block bodies: our own keep-alive connections (raw_http.py says why);
-        # a bandwidth cap paces slices through aiohttp's payload instead
-        raw = (
-            self._raw
-            if body is not None and into is None and self.pacer.bandwidth is None
-            else None
-        )
+        # restore's ranged GET, and Put Blob / Put Block bodies: our own keep-alive connections
+        # (raw_http.py says why); a bandwidth cap paces body slices through aiohttp's payload
+        if into is not None:
+            raw = self._raw if body is None else None
+        else:
+            raw = self._raw if body is not None and self.pacer.bandwidth is None else None
 
         async def send() -> tuple[int, Mapping[str, str], Any, str | None]:
             hdrs = dict(base_headers)
@@ -219,16 +209,10 @@ class RestClient:
             self._stats.requests += 1
             self._stats.bytes_sent += size_bytes
             async with self.pacer.stall_watch() as watch:
-                if into is not None and body is None and self._ranges is not None:
-                    # restore's ranged read: the body lands in its pooled buffer (ranged.py)
-                    answer, content = await self._ranges.get(
-                        target, hdrs, into, ok=ok, progress=watch.touch
-                    )
-                    return answer.status, answer.headers, content, hdrs.get("authorization")
                 if raw is not None:
-                    assert body is not None
-                    head = request_head(method, target, self._host_header, hdrs)
-                    status, got, content = await raw.request(head, _byte_view(body), watch)
+                    status, got, content = await raw.request(
+                        method, target, hdrs, body=body, into=into, ok=ok, progress=watch.touch
+                    )
                     return status, got, content, hdrs.get("authorization")
                 data = (
                     None
@@ -318,8 +302,3 @@ class RestClient:
         return DestinationError(subject, redact(f"{what}: HTTP {exc.status} {exc.message}{tail}"))
 
     # ---- control plane ------------------------------------------------------------------
-
-
-def _byte_view(body: bytes | memoryview) -> memoryview:
-    view = body if isinstance(body, memoryview) else memoryview(body)
-    return view if view.ndim == 1 and view.itemsize == 1 else view.cast("B")

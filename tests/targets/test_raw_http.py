@@ -1,19 +1,26 @@
-"""Put Blob / Put Block over raw_http.py's own connections: what aiohttp did for them (answers
-in any framing and segmentation, keep-alive, a dropped connection retried) still holds, against a
-local scripted HTTP/1.1 server."""
+"""raw_http.py, our HTTP/1.1 client: Put Blob / Put Block bodies out and restore's ranged GET into
+the caller's buffer, over one pool of keep-alive connections. What aiohttp did for them (answers in
+any framing and segmentation, keep-alive, a dropped connection retried, TLS with a private CA)
+still holds, against local scripted HTTP/1.1 servers (plain, and TLS with databoxproxy's CA)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
+from databoxproxy import make_certificates
 
 from pyengine.errors import DestinationError
 from pyengine.options import RetryPolicy
 from pyengine.targets.azure_blob import BlobStore, SharedKeyCredential, parse_destination
+from pyengine.targets.raw_http import HttpPool
+from pyengine.targets.tls import CertificateProblem, ssl_context
 
 FAST_RETRY = RetryPolicy(max_tries=4, base_delay_s=0.001, max_delay_s=0.1, max_elapsed_s=5.0)
 CREATED = b'HTTP/1.1 201 Created\r\nETag: "0x1"\r\nContent-Length: 0\r\n\r\n'
@@ -218,3 +225,196 @@ def test_a_garbled_answer_is_retried_then_one_line() -> None:
     srv, error = asyncio.run(go())
     assert len(srv.requests) == FAST_RETRY.max_tries
     assert "not an HTTP/1.1 answer" in str(error) and "\n" not in str(error)
+
+
+def test_a_ranged_get_and_a_put_blob_share_one_kept_connection_and_bypass_aiohttp() -> None:
+    blob = os.urandom(300_000)
+
+    async def answer(reader: Any, writer: asyncio.StreamWriter, index: int) -> bool:
+        head = srv.requests[index][0]
+        if head.startswith(b"GET "):
+            writer.write(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 1000\r\n\r\n")
+            writer.write(blob[5000:6000])
+        else:
+            writer.write(CREATED)
+        await writer.drain()
+        return True
+
+    async def go() -> tuple[memoryview, bytes, memoryview, list[str]]:
+        nonlocal srv
+        through_aiohttp: list[str] = []
+        async with RawServer(answer) as srv, store_for(srv.url) as store:
+            request = store._session.request
+
+            def counting(method: str, url: Any, **kw: Any) -> Any:
+                through_aiohttp.append(method)
+                return request(method, url, **kw)
+
+            store._session.request = counting
+            await store.put_blob("a", blob, crc64=0, metadata={})
+            buf = memoryview(bytearray(4096))
+            _, got = await store.get_range("a", 5000, 1000, into=buf)
+            return buf, bytes(got), got, through_aiohttp
+
+    srv = RawServer(answer)
+    buf, content, got, through_aiohttp = asyncio.run(go())
+    assert content == blob[5000:6000] and got.obj is buf.obj  # received into the buffer
+    assert through_aiohttp == [] and srv.connections == 1
+    assert srv.requests[1][0].startswith(b"GET /devstoreaccount1/c01/a HTTP/1.1\r\n")
+    assert b"\r\nx-ms-range: bytes=5000-5999\r\n" in srv.requests[1][0]
+
+
+# ---- over TLS with a private CA: ranges into the caller's buffer -------------------------------
+
+BLOB = os.urandom(3 * 1024 * 1024 + 17)
+
+
+async def _serve_tls(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list
+) -> None:
+    seen.append(writer)
+    while True:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            break
+        lines = head.decode().split("\r\n")
+        path = lines[0].split(" ")[1]
+        hdrs = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+        await reader.readexactly(int(hdrs.get("content-length", "0")))
+        if path == "/blob":
+            first, last = (int(v) for v in hdrs["x-ms-range"].split("=")[1].split("-"))
+            body = BLOB[first : last + 1]
+            writer.write(
+                b"HTTP/1.1 206 Partial Content\r\nx-ms-content-crc64: abc=\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            )
+            # in pieces, as a network delivers them
+            for i in range(0, len(body), 100_000):
+                writer.write(body[i : i + 100_000])
+                await writer.drain()
+        elif path == "/put":
+            writer.write(CREATED)
+        elif path == "/missing":
+            doc = b"<?xml version='1.0'?><Error><Code>BlobNotFound</Code></Error>"
+            writer.write(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(doc), doc))
+        elif path == "/short":
+            writer.write(
+                b"HTTP/1.1 206 Partial Content\r\nContent-Length: 5000\r\n\r\n" + b"x" * 10
+            )
+            await writer.drain()
+            writer.close()
+            break
+        await writer.drain()
+    writer.close()
+
+
+async def _with_tls_server(tmp_path: Any, body: Any) -> None:
+    ca, cert, key = make_certificates(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    seen: list = []
+    server = await asyncio.start_server(
+        lambda r, w: _serve_tls(r, w, seen), "127.0.0.1", 0, ssl=server_ctx
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await body(f"https://127.0.0.1:{port}", str(ca), seen)
+    finally:
+        server.close()
+
+
+def test_ranges_arrive_in_the_callers_buffer_over_tls_on_one_kept_connection(tmp_path) -> None:
+    async def body(origin: str, ca: str, seen: list) -> None:
+        pool = HttpPool(origin, ssl_context(ca), limit=4)
+        buf = memoryview(bytearray(4 * 1024 * 1024))
+        touched: list = []
+        for first, n in ((0, len(BLOB)), (1000, 2_000_000)):
+            status, headers, got = await pool.request(
+                "GET",
+                "/blob",
+                {"x-ms-range": f"bytes={first}-{first + n - 1}"},
+                into=buf,
+                ok=(200, 206),
+                progress=lambda: touched.append(1),
+            )
+            assert status == 206 and headers["X-MS-Content-CRC64"] == "abc="
+            assert isinstance(got, memoryview) and got.obj is buf.obj  # no copy handed back
+            assert bytes(got) == BLOB[first : first + n]
+        # a body out over the same TLS connection, then a range in again
+        put = {"content-length": "600000"}
+        status, _, got = await pool.request("PUT", "/put", put, body=os.urandom(600_000))
+        assert status == 201 and got == b""
+        _, _, got = await pool.request(
+            "GET", "/blob", {"x-ms-range": "bytes=7-9"}, into=buf, ok=(206,)
+        )
+        assert bytes(got) == BLOB[7:10]
+        assert len(seen) == 1 and touched  # keep-alive; progress reported to the stall watch
+        pool.close()
+
+    asyncio.run(_with_tls_server(tmp_path, body))
+
+
+def test_an_error_document_comes_back_as_bytes_and_a_cut_off_body_is_retryable(tmp_path) -> None:
+    async def body(origin: str, ca: str, seen: list) -> None:
+        pool = HttpPool(origin, ssl_context(ca), limit=4)
+        buf = memoryview(bytearray(8192))
+        status, _, doc = await pool.request("GET", "/missing", {}, into=buf, ok=(206,))
+        assert status == 404 and b"BlobNotFound" in doc and isinstance(doc, bytes)
+        with pytest.raises(aiohttp.ClientPayloadError, match="10 of 5000"):
+            await pool.request("GET", "/short", {}, into=buf, ok=(206,))
+        pool.close()
+
+    asyncio.run(_with_tls_server(tmp_path, body))
+
+
+def test_an_untrusted_certificate_is_a_certificate_problem(tmp_path) -> None:
+    async def body(origin: str, ca: str, seen: list) -> None:
+        pool = HttpPool(origin, None, limit=4)  # the system store: the private CA is not in it
+        with pytest.raises(CertificateProblem, match="TLS certificate not trusted"):
+            await pool.request("GET", "/blob", {}, into=memoryview(bytearray(10)), ok=(206,))
+
+    asyncio.run(_with_tls_server(tmp_path, body))
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_range_trickled_one_byte_at_a_time_lands_whole_in_the_buffer(chunked: bool) -> None:
+    data = os.urandom(3000)
+    if chunked:  # a range sent chunked is collected, then copied into the buffer once
+        framing = b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n0\r\n\r\n" % (3000, data)
+    else:
+        framing = b"Content-Length: 3000\r\n\r\n" + data
+    answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 206 Partial Content\r\n" + framing
+
+    async def trickle(reader: Any, writer: asyncio.StreamWriter, index: int) -> bool:
+        for i in range(len(answer)):
+            writer.write(answer[i : i + 1])
+            await writer.drain()
+        return True
+
+    async def go() -> tuple[memoryview, memoryview]:
+        async with RawServer(trickle) as srv, store_for(srv.url) as store:
+            buf = memoryview(bytearray(4096))
+            _, got = await store.get_range("a", 0, 3000, into=buf)
+            return buf, got
+
+    buf, got = asyncio.run(go())
+    assert got.obj is buf.obj and bytes(got) == data
+
+
+def test_a_range_longer_than_the_buffer_is_retried_then_one_line() -> None:
+    async def too_long(reader: Any, writer: asyncio.StreamWriter, index: int) -> bool:
+        writer.write(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 5000\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async def go() -> tuple[RawServer, BaseException]:
+        async with RawServer(too_long) as srv, store_for(srv.url) as store:
+            with pytest.raises(DestinationError) as info:
+                await store.get_range("a", 0, 1000, into=memoryview(bytearray(1000)))
+        return srv, info.value
+
+    srv, error = asyncio.run(go())
+    assert len(srv.requests) == FAST_RETRY.max_tries
+    assert "longer than the range asked for" in str(error) and "\n" not in str(error)
