@@ -90,13 +90,20 @@ void Pipeline::submit(SubmitRequest request) {
     job->piece_cvs.resize(job->chunks - 1);
   if (job->whole_file && (request.stages & kStageMd5)) job->md5 = std::make_unique<Md5Stream>();
   job->request = std::move(request);
+  // A file of one chunk (every small file) is one task: waking every idle worker for it only
+  // has all but one find nothing and sleep again, on the cores the event loop needs.
+  const bool one_task = job->tasks == 1;
   {
     std::lock_guard<std::mutex> lock(tasks_mu_);
     if (stopping_) throw std::invalid_argument("pipeline is closed");
     pending_.push_back(std::move(job));
   }
   ++files_in_flight_;
-  tasks_cv_.notify_all();
+  if (one_task) {
+    tasks_cv_.notify_one();
+  } else {
+    tasks_cv_.notify_all();
+  }
 }
 
 void Pipeline::worker_main() {

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -29,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from pyengine.bench.files import SMALL_FILE_BYTES
+from pyengine.bench.files import GB, SMALL_FILE_BYTES
 from pyengine.bench.peers import _verify
 from pyengine.bench.sink import DiscardSink
 from pyengine.errors import IntegrityError
@@ -56,6 +57,10 @@ class ToolResult:
     seconds: float
     files_per_s: float
     sink_bytes_verified: int | None = None
+    #: CPU seconds (user + system) of the tool's process and the children it waited for
+    cpu_s: float = 0.0
+    #: CPU seconds nginx used during the run (0 when not our sink)
+    sink_cpu_s: float = 0.0
 
 
 class ToolFailed(RuntimeError):
@@ -80,7 +85,16 @@ def _account(connection_string: str) -> tuple[str, str, str]:
     return parts["AccountName"], parts["AccountKey"], parts["BlobEndpoint"].rstrip("/")
 
 
-async def _run(argv: list[str], env: dict[str, str], shown: str) -> float:
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _run(argv: list[str], env: dict[str, str], shown: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one tool run. The CPU is what lets the peers be compared
+    on a shared machine, where wall time follows whatever else runs (the same 10,000 files
+    took rclone 2.1 s in one run and 6.8 s in the next on the 2-core box)."""
+    cpu_before_s = _children_cpu_s()  # the bench waits for one child at a time
     start_s = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         *argv,
@@ -93,7 +107,7 @@ async def _run(argv: list[str], env: dict[str, str], shown: str) -> float:
     if proc.returncode != 0:
         lines = out.decode(errors="replace").strip().splitlines() or ["(no output)"]
         raise ToolFailed(f"{shown}: exit {proc.returncode}: {lines[-1][:300]}")
-    return seconds
+    return seconds, _children_cpu_s() - cpu_before_s
 
 
 async def rclone_upload(
@@ -118,9 +132,13 @@ async def rclone_upload(
     }
     shown = " ".join(["rclone", "copy", "SRC", remote, *RCLONE_FLAGS])
     before = await sink.acounted() if sink is not None else None
-    seconds = await _run(argv, env, shown)
+    sink_cpu_before_s = sink.cpu_seconds() if sink is not None else 0.0
+    seconds, cpu_s = await _run(argv, env, shown)
+    sink_cpu_s = sink.cpu_seconds() - sink_cpu_before_s if sink is not None else 0.0
     verified = await _verify(sink, before, payload_bytes, "rclone copy")
-    return ToolResult("rclone", shown, files, payload_bytes, seconds, files / seconds, verified)
+    return ToolResult(
+        "rclone", shown, files, payload_bytes, seconds, files / seconds, verified, cpu_s, sink_cpu_s
+    )
 
 
 async def azcopy_upload(
@@ -151,11 +169,15 @@ async def azcopy_upload(
     with tempfile.TemporaryDirectory(prefix="pyengine-azcopy-") as state:
         env = {"AZCOPY_LOG_LOCATION": state, "AZCOPY_JOB_PLAN_LOCATION": state}
         before = await sink.acounted() if sink is not None else None
-        seconds = await _run(
+        sink_cpu_before_s = sink.cpu_seconds() if sink is not None else 0.0
+        seconds, cpu_s = await _run(
             [azcopy, "copy", str(source), f"{dest}?{sas}", *AZCOPY_FLAGS], env, shown
         )
+        sink_cpu_s = sink.cpu_seconds() - sink_cpu_before_s if sink is not None else 0.0
     verified = await _verify(sink, before, payload_bytes, "azcopy copy")
-    return ToolResult("azcopy", shown, files, payload_bytes, seconds, files / seconds, verified)
+    return ToolResult(
+        "azcopy", shown, files, payload_bytes, seconds, files / seconds, verified, cpu_s, sink_cpu_s
+    )
 
 
 async def tool_runs(
@@ -180,3 +202,20 @@ async def tool_runs(
         except (ToolFailed, OSError, IntegrityError) as e:
             out.append({"tool": tool, "error": str(e)})
     return out
+
+
+def tool_cpu_text(tool: dict[str, Any]) -> str:
+    """A peer's CPU s/GB (its own + nginx's), as our rows show theirs."""
+    gb = tool["bytes"] / GB
+    if not tool.get("cpu_s") or gb <= 0:
+        return "-"
+    return f"{tool['cpu_s'] / gb:.2f}+{tool.get('sink_cpu_s', 0.0) / gb:.2f}"
+
+
+def cpu_bound_files_per_s(tool: dict[str, Any]) -> float:
+    """Files/s a peer would reach with the machine's cores to itself and the sink (as
+    OurRun.cpu_bound_gbps); 0 when its CPU was not measured."""
+    cpu_s = tool.get("cpu_s", 0.0) + tool.get("sink_cpu_s", 0.0)
+    if not tool.get("cpu_s") or cpu_s <= 0:
+        return 0.0
+    return (os.cpu_count() or 1) * tool["files"] / cpu_s

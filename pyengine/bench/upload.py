@@ -31,6 +31,7 @@ from pyengine.bench.files import (
     write_random_file,
     write_small_files,
 )
+from pyengine.bench.peer_tools import cpu_bound_files_per_s, tool_cpu_text
 from pyengine.errors import ConfigError
 
 #: targets of issue 5 (10 Gbit/s line rate)
@@ -418,7 +419,7 @@ def print_upload(result: UploadResult, console: Any) -> None:
                 f"{result.small_files_per_s:.0f} files/s",
                 f"{t['files_per_s']:.0f} files/s",
                 f"{result.small_files_per_s / t['files_per_s']:.2f}×",
-                "-",
+                tool_cpu_text(t),
                 "-",
                 "-" if t["sink_bytes_verified"] is None else "true",
             )
@@ -439,3 +440,11 @@ def print_upload(result: UploadResult, console: Any) -> None:
             f" sink had the {os.cpu_count()} cores to themselves (CPU-bound estimate: wall time"
             " on a shared machine is noisy)"
         )
+    for t in result.tools:
+        ours_per_s = small.cpu_bound_gbps * GB / small.bytes * small.files if small else 0.0
+        theirs_per_s = cpu_bound_files_per_s(t)
+        if theirs_per_s and ours_per_s:
+            console.print(
+                f"{t['tool']}: {theirs_per_s:.0f} files/s CPU-bound estimate (its CPU + nginx's);"
+                f" ours ÷ it {ours_per_s / theirs_per_s:.2f}×"
+            )

@@ -294,8 +294,8 @@ def shared_key_signature(
         headers.get("if-unmodified-since", ""),
         headers.get("range", ""),
     ]
-    x_ms = _sorted_x_ms(tuple(k for k in headers if k.startswith("x-ms-")))
-    sts.extend(f"{k}:{headers[k]}" for k in x_ms)
+    for k in _sorted_x_ms(tuple([k for k in headers if k[:5] == "x-ms-"])):
+        sts.append(f"{k}:{headers[k]}")
     resource = f"/{account_name}{path}"
     for k in sorted(query):
         resource += f"\n{k.lower()}:{query[k]}"

@@ -1,7 +1,8 @@
-"""The signed REST request path every blob operation goes through: one aiohttp session, one
-pacer (retries, adaptive concurrency, caps), SharedKey / SAS / Bearer signing, and the mapping of
-the service's answers onto pyengine's errors. The operations themselves (Put Block, List Blobs,
-...) are in azure_blob.py; this module holds what they share.
+"""The signed REST request path every blob operation goes through: one aiohttp session beside
+our own HTTP/1.1 connections for Put Blob / Put Block bodies and restore's ranged reads
+(raw_http.py), one pacer (retries, adaptive concurrency, caps), SharedKey / SAS / Bearer signing,
+and the mapping of the service's answers onto pyengine's errors. The operations themselves (Put
+Block, List Blobs, ...) are in azure_blob.py; this module holds what they share.
 
 The SDK's per-request pipeline costs about 2 ms of CPU per request; at > 3,000 requests/s on 2
 cores that is the whole budget, so the data path bypasses it.
@@ -39,7 +40,7 @@ from pyengine.targets.pacer import (
     RetryableHTTPError,
 )
 from pyengine.targets.profile import AZURE, TargetProfile
-from pyengine.targets.ranged import RangeClient
+from pyengine.targets.raw_http import HttpPool
 from pyengine.targets.tls import CertificateProblem, certificate_reason, ssl_context
 from pyengine.targets.wire import (
     _NO_PERMISSION_CODES,
@@ -51,6 +52,10 @@ from pyengine.targets.wire import (
 )
 
 log = logging.getLogger("pyengine")
+
+#: methods aiohttp gives a default Content-Type when the request has none
+_AUTO_CONTENT_TYPE_METHODS = frozenset({"PUT", "POST", "PATCH"})
+_NO_AUTO_CONTENT_TYPE = ("Content-Type",)
 
 
 class RestClient:
@@ -85,8 +90,9 @@ class RestClient:
         self._stats = BlobStats()
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
-        #: restore's ranged reads (``into``): the body straight into the caller's buffer
-        self._ranges: RangeClient | None = None
+        #: our own HTTP/1.1 connections (raw_http.py) for Put Blob / Put Block bodies and
+        #: restore's ranged reads (``into``: the body straight into the caller's buffer)
+        self._raw: HttpPool | None = None
         self._sas: str | None = None
         self._key: bytes | None = None
         self._token: _TokenCache | None = None
@@ -120,9 +126,10 @@ class RestClient:
             # aiohttp's read timer would also run while a capped body is still being sent.
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=None),
             auto_decompress=False,
-            skip_auto_headers=("Content-Type",),
+            # The service sets no cookie: a jar would only be filtered and updated per request.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
-        self._ranges = RangeClient(self._origin, self._ssl, limit=self._max_connections)
+        self._raw = HttpPool(self._origin, self._ssl, limit=self._max_connections)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -132,9 +139,9 @@ class RestClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._ranges is not None:
-            self._ranges.close()
-            self._ranges = None
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
         close = getattr(self._credential, "close", None)
         if self._token is not None and close is not None:
             await close()
@@ -164,7 +171,7 @@ class RestClient:
 
         A status in ``tolerate`` is returned instead of raised (e.g. 404 for "absent"). With
         ``into`` (restore's ranged GET), a successful answer's body is received straight into that
-        buffer (ranged.py: the socket writes it there) and the body returned is the filled part.
+        buffer (raw_http.py: the socket writes it there) and the body returned is the filled part.
         """
         assert self._session is not None, "BlobStore used outside 'async with'"
         query = query or {}
@@ -173,15 +180,24 @@ class RestClient:
         if self._sas:
             qs = f"{qs}&{self._sas}" if qs else self._sas
         target = f"{path}?{qs}" if qs else path
-        url = URL(f"{self._origin}{target}", encoded=True)
-        subject = self.dest.container_url if name is None else self.dest.blob_url(name)
         size_bytes = 0 if body is None else memoryview(body).nbytes
         base_headers = {"x-ms-version": self.profile.api_version, **(headers or {})}
+        skip_auto = None
         if body is not None:
             base_headers.setdefault("content-type", "application/octet-stream")
+        elif method in _AUTO_CONTENT_TYPE_METHODS:
+            # aiohttp would add an unsigned Content-Type to a body-less PUT; asked per request
+            # (a session-wide skip list sends every request down aiohttp's slower header path)
+            skip_auto = _NO_AUTO_CONTENT_TYPE
         base_headers["content-length"] = str(size_bytes)
+        # restore's ranged GET, and Put Blob / Put Block bodies: our own keep-alive connections
+        # (raw_http.py says why); a bandwidth cap paces body slices through aiohttp's payload
+        if into is not None:
+            raw = self._raw if body is None else None
+        else:
+            raw = self._raw if body is not None and self.pacer.bandwidth is None else None
 
-        async def send() -> tuple[aiohttp.ClientResponse, Any, str | None]:
+        async def send() -> tuple[int, Mapping[str, str], Any, str | None]:
             hdrs = dict(base_headers)
             hdrs["x-ms-date"] = self._x_ms_date()
             if self._key is not None:
@@ -193,19 +209,21 @@ class RestClient:
             self._stats.requests += 1
             self._stats.bytes_sent += size_bytes
             async with self.pacer.stall_watch() as watch:
-                if into is not None and body is None and self._ranges is not None:
-                    # restore's ranged read: the body lands in its pooled buffer (ranged.py)
-                    answer, content = await self._ranges.get(
-                        target, hdrs, into, ok=ok, progress=watch.touch
+                if raw is not None:
+                    status, got, content = await raw.request(
+                        method, target, hdrs, body=body, into=into, ok=ok, progress=watch.touch
                     )
-                    return answer, content, hdrs.get("authorization")
+                    return status, got, content, hdrs.get("authorization")
                 data = (
                     None
                     if body is None
                     else _BufferPayload(body, watch=watch, bandwidth=self.pacer.bandwidth)
                 )
+                url = URL(f"{self._origin}{target}", encoded=True)
                 try:
-                    async with self._session.request(method, url, headers=hdrs, data=data) as resp:
+                    async with self._session.request(
+                        method, url, headers=hdrs, data=data, skip_auto_headers=skip_auto
+                    ) as resp:
                         watch.touch()
                         parts = []
                         async for piece in resp.content.iter_any():
@@ -213,41 +231,45 @@ class RestClient:
                             parts.append(piece)
                 except aiohttp.ClientConnectorCertificateError as e:
                     raise CertificateProblem(certificate_reason(e)) from None
-            return resp, b"".join(parts), hdrs.get("authorization")
+            return resp.status, resp.headers, b"".join(parts), hdrs.get("authorization")
 
         async def attempt() -> tuple[int, Mapping[str, str], bytes]:
-            resp, content, sent_auth = await send()
-            if resp.status == 401 and self._token is not None and sent_auth is not None:
+            status, got, content, sent_auth = await send()
+            if status == 401 and self._token is not None and sent_auth is not None:
                 # The service refused the token (expired early, revoked, clock skew): one new
                 # token and one more try; a second 401 is final (the pacer retries no 401).
                 await self._token.refresh(sent_auth)
-                resp, content, _ = await send()
-            if resp.status in ok or resp.status in tolerate:
-                return resp.status, resp.headers, content
+                status, got, content, _ = await send()
+            if status in ok or status in tolerate:
+                return status, got, content
             code, message = _xml_error(content)
-            code = resp.headers.get("x-ms-error-code") or code or ""
-            failure = RetryableHTTPError(resp.status, resp.headers, f"{code} {message}".strip())
+            code = got.get("x-ms-error-code") or code or ""
+            failure = RetryableHTTPError(status, got, f"{code} {message}".strip())
             failure.body = content  # type: ignore[attr-defined]  # 403 detail: auth_failure_reason
             raise failure
 
         try:
             return await self.pacer.call(attempt, what=what)
         except RetryableHTTPError as exc:
-            raise self._map_error(exc, subject, what) from None
+            raise self._map_error(exc, self._subject(name), what) from None
         except CertificateProblem as exc:
-            raise DestinationError(subject, f"{what}: {exc}") from None
+            raise DestinationError(self._subject(name), f"{what}: {exc}") from None
         except RETRY_EXCEPTIONS as exc:
             raise DestinationError(
-                subject, redact(f"{what}: {type(exc).__name__}: {exc}".strip())
+                self._subject(name), redact(f"{what}: {type(exc).__name__}: {exc}".strip())
             ) from None
         except ClientAuthenticationError:
             # azure-identity found no credential or was refused one; its message spans a dozen
             # lines (one per credential tried), so it is summed up here
             raise AuthError(
-                subject,
+                self._subject(name),
                 "no usable credential: give --connection-string, a SAS on the URL, "
                 "$AZURE_STORAGE_KEY, or sign in for azure-identity (az login, managed identity)",
             ) from None
+
+    def _subject(self, name: str | None) -> str:
+        """The URL an error names (built only when a request fails)."""
+        return self.dest.container_url if name is None else self.dest.blob_url(name)
 
     @property
     def stats(self) -> BlobStats:

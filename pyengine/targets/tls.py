@@ -40,7 +40,12 @@ def ssl_context(ca_cert_file: str | None) -> ssl.SSLContext | None:
 
 def certificate_reason(exc: aiohttp.ClientConnectorCertificateError) -> str:
     """One line for a refused server certificate, with what to do about it."""
-    cert_error = exc.certificate_error
+    return certificate_reason_of(exc.certificate_error)
+
+
+def certificate_reason_of(cert_error: Exception) -> str:
+    """certificate_reason from the ssl module's own error (raw_http.py connects without
+    aiohttp)."""
     detail = getattr(cert_error, "verify_message", None) or getattr(cert_error, "reason", None)
     return (
         f"TLS certificate not trusted ({detail or cert_error}); for a Data Box, pass its "

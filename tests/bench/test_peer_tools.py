@@ -84,3 +84,19 @@ def test_rclone_copies_every_small_file_into_the_sink(tmp_path: Path) -> None:
     assert result.sink_bytes_verified is not None
     assert result.sink_bytes_verified >= 20 * SMALL_FILE_BYTES
     assert os.environ.get("RCLONE_AZUREBLOB_KEY") is None
+
+
+def test_a_tool_run_reports_its_own_cpu_seconds(tmp_path: Path) -> None:
+    """Wall time on the shared 2-core box follows whatever else runs; the tool's CPU seconds
+    (and the sink's) are what the peers are compared by there."""
+    script = tmp_path / "rclone"
+    script.write_text("#!/bin/sh\ni=0\nwhile [ $i -lt 200000 ]; do i=$((i+1)); done\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    result = asyncio.run(
+        pt.rclone_upload(str(script), tmp_path, CS, "bench", files=4, payload_bytes=4)
+    )
+    assert 0.05 < result.cpu_s <= result.seconds * (os.cpu_count() or 1) + 0.05
+    row = {"tool": "rclone", "files": 4, "bytes": 4 * 10**9, "cpu_s": 2.0, "sink_cpu_s": 2.0}
+    assert pt.tool_cpu_text(row) == "0.50+0.50"
+    assert pt.cpu_bound_files_per_s(row) == pytest.approx((os.cpu_count() or 1) * 4 / 4.0)
+    assert pt.cpu_bound_files_per_s({"tool": "x", "files": 4, "bytes": 4}) == 0.0

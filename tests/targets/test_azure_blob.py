@@ -442,6 +442,45 @@ def test_put_block_sends_the_crc64_header_and_the_exact_body() -> None:
     assert body == data
 
 
+def test_a_cookie_set_by_the_service_is_never_sent_back() -> None:
+    """The store keeps no cookie jar: the service sets none, and a jar was filtered and updated
+    on every request."""
+
+    async def go() -> Scripted:
+        async with Scripted([(201, {"Set-Cookie": "s=1; Path=/"})]) as srv:
+            # a host name: a cookie jar ignores cookies of IP addresses
+            dest = parse_destination(srv.url.replace("127.0.0.1", "localhost"))
+            cred = SharedKeyCredential(dest.account_name, base64.b64encode(b"k" * 32).decode())
+            async with BlobStore(dest, cred, retry=FAST_RETRY) as store:
+                await store.put_blob("a", b"x", crc64=0, metadata={})
+                await store.put_blob("b", b"y", crc64=0, metadata={})
+        return srv
+
+    srv = run(go)
+    assert len(srv.requests) == 2
+    assert "Cookie" not in srv.requests[1][2]
+
+
+def test_a_put_without_a_body_carries_no_content_type_and_a_put_blob_one() -> None:
+    """Content-Type is signed (SharedKey): aiohttp's default one on a body-less PUT would make
+    the signature wrong, so only a request with a body has one, set by the store."""
+
+    async def go() -> Scripted:
+        async with Scripted([]) as srv:
+            dest = parse_destination(srv.url)
+            cred = SharedKeyCredential(dest.account_name, base64.b64encode(b"k" * 32).decode())
+            async with BlobStore(dest, cred, retry=FAST_RETRY) as store:
+                await store.set_tier("a", "Cool")
+                await store.set_metadata("a", {"k": "v"})
+                await store.put_blob("a", b"xyz", crc64=0, metadata={})
+        return srv
+
+    srv = run(go)
+    tier, meta, put = (r[2] for r in srv.requests)
+    assert "Content-Type" not in tier and "Content-Type" not in meta
+    assert put["Content-Type"] == "application/octet-stream"
+
+
 def test_503_then_201_is_retried_and_retry_after_is_honoured() -> None:
     async def go() -> tuple[Scripted, BlobStore]:
         async with Scripted([(503, {"Retry-After": "0.3"})]) as srv:
