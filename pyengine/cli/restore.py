@@ -52,6 +52,20 @@ def add_parser(sub: Any) -> None:
         help="Archive-tier blobs: request rehydration to Hot in place and report them pending "
         "(restore again once done); without it they are reported pending, not restored",
     )
+    p.add_argument(
+        "--ca-cert",
+        default=None,
+        metavar="FILE",
+        help="PEM certificate(s) to trust for HTTPS, e.g. a Data Box's own or a private CA's "
+        "(default: the system store; SSL_CERT_FILE is honoured)",
+    )
+    p.add_argument(
+        "--target",
+        choices=("azure", "databox"),
+        default=None,
+        help="the source endpoint: Azure Blob Storage, or a Data Box's Blob storage (REST "
+        "2019-02-02) (default: databox for a *.microsoftdatabox.com host, else azure)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON event per line instead of a bar")
     p.add_argument("--manifest", default=None, help="audit manifest path (JSONL)")
     p.add_argument("--threads", type=int, default=d.threads, help="native writer threads")
@@ -105,6 +119,8 @@ def options_from(args: argparse.Namespace) -> Any:
         manifest_path=args.manifest,
         retry=RetryPolicy(max_elapsed_s=args.retry_window),
         rehydrate=args.rehydrate,
+        ca_cert_file=args.ca_cert,
+        target=args.target,
     )
 
 

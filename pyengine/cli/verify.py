@@ -47,6 +47,10 @@ def _print_summary(report: VerifyReport, kek_given: bool) -> None:
     mode = "deep (read back, decrypted, re-hashed)" if report.deep else "metadata"
     jobs = ", ".join(report.job_ids)
     console.print(f"verify {report.target}: {mode}; jobs {jobs}", markup=False, soft_wrap=True)
+    if report.located_by_finalize:
+        console.print(
+            f"checked at {report.dest}, where finalize found them", markup=False, soft_wrap=True
+        )
     table = Table("", "blobs")
     table.add_row("ok", str(report.files_ok))
     table.add_row("damaged", str(report.files_damaged))

@@ -10,7 +10,9 @@ Two targets:
   its blob names with the job's prefix replaced by URL's. A blob there that no job
   committed is *unknown*; a known blob that is not there is *missing*, unless a later completed
   ``--delete-destination`` job without that file removed it on purpose (its source was gone).
-- ``JOB`` (a job id): that job's committed files, one Get Blob Properties each.
+- ``JOB`` (a job id): that job's committed files, one Get Blob Properties each; for a job
+  ``pyengine finalize`` found elsewhere, at that location (names mapped as above), not at the
+  job's own destination (a Data Box, usually gone by then).
 
 This module chooses the jobs and walks the blobs; the rest lives beside it:
 :mod:`~pyengine.state.verify_check` (the per-blob metadata check: size and digest),
@@ -95,6 +97,9 @@ class _Selection:
     direct: list[str] = field(default_factory=list)
     #: the jobs whose files finalize found under dest (a Data Box job's, imported)
     relocated: list[Relocated] = field(default_factory=list)
+    #: JOB target that finalize found elsewhere: (the job's prefix, the prefix there); dest is
+    #: that location, not the job's own destination (a device, usually gone by then)
+    moved: tuple[str, str] | None = None
 
 
 def _select_jobs(
@@ -116,6 +121,10 @@ def _select_jobs(
         return _Selection(chosen, dest, True, ids, relocated)
     for info in jobs:
         if info.job_id == target:
+            found = [(at, prefix) for job_id, at, prefix in locations if job_id == target]
+            if found:  # the latest location recorded (oldest first) is where the files are now
+                at = parse_destination(found[-1][0])
+                return _Selection([info], at, False, moved=(found[-1][1], at.prefix))
             dest = _job_dest(info)
             if dest is None:
                 raise ConfigError(target, f"the job's destination is not a blob URL: {info.dest}")
@@ -199,8 +208,11 @@ def _unknown(report: VerifyReport, props: BlobProps, job_ids: set[str]) -> None:
     report.add("unknown", props.name, reason)
 
 
-async def _check_job(checker: BlobChecker, job_id: str) -> None:
-    """One HEAD per committed file of the job (a listing could be far larger than the job)."""
+async def _check_job(
+    checker: BlobChecker, job_id: str, moved: tuple[str, str] | None = None
+) -> None:
+    """One HEAD per committed file of the job (a listing could be far larger than the job);
+    ``moved`` (job prefix, prefix there): each name as at the location finalize found."""
 
     async def one(record: FileRecord) -> None:
         props = await checker.store.get_properties(record.blob_name)
@@ -211,6 +223,8 @@ async def _check_job(checker: BlobChecker, job_id: str) -> None:
 
     # iter_files pages through the journal: only the files in flight are held at once
     for record in checker.journal.iter_files(job_id, states=("committed",)):
+        if moved is not None and record.blob_name.startswith(moved[0]):
+            record.blob_name = moved[1] + record.blob_name[len(moved[0]) :]
         await checker.spawn(one(record))
         if checker.failure:
             break
@@ -252,6 +266,7 @@ async def verify(
             job_ids=[info.job_id for info in jobs],
             deep=deep,
             on_finding=on_finding,
+            located_by_finalize=chosen.moved is not None,
         )
         if not by_dest:
             summary = journal.summary(jobs[0].job_id)
@@ -280,7 +295,7 @@ async def verify(
             if by_dest:
                 await _check_dest(checker, dest, chosen.direct, chosen.relocated)
             else:
-                await _check_job(checker, jobs[0].job_id)
+                await _check_job(checker, jobs[0].job_id, chosen.moved)
     return report
 
 

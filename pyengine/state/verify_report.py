@@ -36,7 +36,8 @@ class Finding:
 class VerifyReport:
     #: the job id or the redacted destination URL that was asked for
     target: str
-    #: redacted destination URL that was listed (DEST) or the job's destination (JOB)
+    #: redacted destination URL that was listed (DEST) or the job's destination (JOB), or for a
+    #: JOB that `pyengine finalize` found elsewhere, that location (see located_by_finalize)
     dest: str
     #: jobs whose committed files were checked (oldest first)
     job_ids: list[str]
@@ -62,6 +63,8 @@ class VerifyReport:
     bytes_read: int = 0
     findings: list[Finding] = field(default_factory=list)
     findings_left_out: int = 0
+    #: JOB target: its blobs were checked at dest, where `pyengine finalize` found them
+    located_by_finalize: bool = False
     #: called with each finding as it is found (the CLI prints it at once)
     on_finding: Callable[[Finding], None] | None = field(default=None, repr=False, compare=False)
 
@@ -99,6 +102,7 @@ class VerifyReport:
             "dest": self.dest,
             "job_ids": self.job_ids,
             "deep": self.deep,
+            "located_by_finalize": self.located_by_finalize,
             "ok": self.ok,
             "files_checked": self.files_checked,
             "files_ok": self.files_ok,

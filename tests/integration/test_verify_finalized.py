@@ -21,6 +21,7 @@ from databoxproxy import DataBoxProxy
 import pyengine
 from pyengine import CopyOptions
 from pyengine.options import MiB
+from pyengine.targets.azure_blob import parse_destination
 
 pytestmark = pytest.mark.integration
 
@@ -96,8 +97,24 @@ def test_verify_url_knows_a_finalized_databox_job_and_names_a_tampered_blob(
     assert plain.returncode == 0, plain.stdout + plain.stderr
     assert not [line for line in plain.stdout.splitlines() if line.startswith("unknown:")]
 
+    # `verify JOB` checks the job's blobs where finalize found them, not on the device
+    databox.log.clear()
+    rc, out = verify_json(azurite, device.job_id, journal)
+    assert rc == 0, out
+    assert (out["files_ok"], out["findings"], out["located_by_finalize"]) == (len(files), [], True)
+    assert out["dest"] == parse_destination(container).redacted()
+    by_job = cli(azurite, "verify", device.job_id, "--journal", str(journal))
+    assert by_job.returncode == 0, by_job.stdout + by_job.stderr
+    where = f"checked at {parse_destination(container).redacted()}, where finalize found them"
+    assert where in by_job.stdout.splitlines()
+    assert databox.log == []  # the device was not asked
+
     sdk_blob(container, "a/s1.dcm").upload_blob(os.urandom(1001), overwrite=True)
     tampered = cli(azurite, "verify", container, "--journal", str(journal))
+    assert tampered.returncode == 1, tampered.stdout + tampered.stderr
+    bad = [line for line in tampered.stdout.splitlines() if line.startswith("damaged:")]
+    assert len(bad) == 1 and bad[0].startswith("damaged: a/s1.dcm: "), tampered.stdout
+    tampered = cli(azurite, "verify", device.job_id, "--journal", str(journal))
     assert tampered.returncode == 1, tampered.stdout + tampered.stderr
     bad = [line for line in tampered.stdout.splitlines() if line.startswith("damaged:")]
     assert len(bad) == 1 and bad[0].startswith("damaged: a/s1.dcm: "), tampered.stdout
@@ -119,6 +136,11 @@ def test_verify_url_judges_a_delta_rewritten_blob_by_the_delta_under_a_mapped_pr
         "--journal", str(journal),
     )  # fmt: skip
     assert fin.returncode == 0, fin.stdout + fin.stderr
+    # `verify JOB` of the share job: its blobs as named under archive/, where finalize found them
+    rc, out = verify_json(azurite, device.job_id, journal)
+    assert rc == 0, out
+    assert (out["files_ok"], out["findings"], out["located_by_finalize"]) == (len(files), [], True)
+    assert out["dest"] == parse_destination(f"{container}/archive").redacted()
 
     changed = os.urandom(1500)
     (tmp_path / "src" / "a" / "s0.dcm").write_bytes(changed)
@@ -134,3 +156,13 @@ def test_verify_url_judges_a_delta_rewritten_blob_by_the_delta_under_a_mapped_pr
     # s0.dcm now holds 1500 bytes: judged by the device job's record (1000 bytes) it would be
     # damaged; by the delta's, the newest, it is ok
     assert out["files_ok"] == len(files)
+
+    # the device job alone, by its own records, at archive/: the delta's s0.dcm is not its
+    # version, and a blob deleted there is missing under its name there
+    sdk_blob(container, "archive/b/multi.bin").delete_blob()
+    rc, out = verify_json(azurite, device.job_id, journal)
+    assert rc == 1 and out["job_ids"] == [device.job_id]
+    assert {(f["kind"], f["blob"]) for f in out["findings"]} == {
+        ("damaged", "archive/a/s0.dcm"),
+        ("missing", "archive/b/multi.bin"),
+    }

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pyengine import _core
 from pyengine.crypto import KEYED_DIGEST_METADATA, content_key_from_metadata, keyed_digest_hex
@@ -43,6 +44,8 @@ from pyengine.engine.scan import PathFilter, display_path
 from pyengine.errors import ConfigError, DestinationError, IntegrityError, PyEngineError
 from pyengine.state.manifest import ManifestWriter, default_manifest_path
 from pyengine.targets.azure_blob import BlobStore, parse_destination, resolve_credential
+from pyengine.targets.profile import choose_profile
+from pyengine.targets.tls import ssl_context
 from pyengine.targets.wire import BlobProps
 
 log = logging.getLogger("pyengine")
@@ -69,6 +72,9 @@ class _Restore:
     ) -> None:
         self.dest = parse_destination(src_url)
         self.opts = opts
+        # the REST version the source speaks (a Data Box's: 2019-02-02); --ca-cert read now
+        self.profile = choose_profile(opts.target, urlsplit(self.dest.account_url).hostname or "")
+        ssl_context(opts.ca_cert_file)  # ConfigError before DEST_DIR is made or a request sent
         self.keys: PolicyKeys | None = None
         if opts.policy is not None:
             if opts.kek is not None:
@@ -113,7 +119,12 @@ class _Restore:
         )
         self.report.manifest_path = str(manifest_path)
         async with BlobStore(
-            self.dest, credential, retry=self.opts.retry, max_connections=self.opts.max_concurrency
+            self.dest,
+            credential,
+            retry=self.opts.retry,
+            max_connections=self.opts.max_concurrency,
+            ca_cert_file=self.opts.ca_cert_file,
+            profile=self.profile,
         ) as store:
             self.store = store
             await store.ensure_container(create=False)
@@ -219,20 +230,11 @@ class _Restore:
                         status: str, digest_hex: str | None, error: str | None,
                         encrypted: bool) -> None:  # fmt: skip
         assert self.manifest is not None
-        await self.manifest.write(
-            {
-                "path": display_path(rel),
-                "size_bytes": size_bytes,
-                "mtime_ns": mtime_ns,
-                "status": status,
-                "job_id": self.job_id,
-                "blob_url": self.dest.blob_url(blob.name),
-                "blake3": digest_hex,
-                "etag": blob.etag,
-                "error": error,
-                "encrypted": encrypted,
-            }
-        )
+        await self.manifest.write({
+            "path": display_path(rel), "size_bytes": size_bytes, "mtime_ns": mtime_ns,
+            "status": status, "job_id": self.job_id, "blob_url": self.dest.blob_url(blob.name),
+            "blake3": digest_hex, "etag": blob.etag, "error": error, "encrypted": encrypted,
+        })  # fmt: skip
 
     async def _restore(self, blob: BlobProps, rel: str) -> tuple[str, int, int, str | None]:
         """(restored | unverified | skipped, plaintext bytes, mtime_ns, BLAKE3 hex)."""
@@ -423,9 +425,7 @@ def _quoted(etag: str) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, PyEngineError):
-        return exc.reason
-    if isinstance(exc, RangeFailed):
+    if isinstance(exc, (PyEngineError, RangeFailed)):
         return exc.reason
     if isinstance(exc, OSError):
         return (exc.strerror or str(exc)).lower()

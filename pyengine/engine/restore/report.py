@@ -44,6 +44,12 @@ class RestoreOptions:
     #: Archive-tier blobs: None reports them as pending; "Standard"/"High" rehydrates them in
     #: place (Set Blob Tier to Hot) and reports them pending for a later run
     rehydrate: Literal["Standard", "High"] | None = None
+    #: PEM file of CA certificates to trust for HTTPS besides the system store (a Data Box's
+    #: Blob endpoint or a private-link gateway signed by a private CA), as CopyOptions'
+    ca_cert_file: str | None = None
+    #: the source endpoint's REST dialect, "azure" | "databox"; None: from the host name (a
+    #: ``*.microsoftdatabox.com`` host is a Data Box), as CopyOptions.target
+    target: str | None = None
 
 
 @dataclass
