@@ -47,13 +47,15 @@ class _Batch:
     """Operations waiting for the next group commit, and the keys they touch (so that a read of
     one of those keys writes the batch out first)."""
 
-    __slots__ = ("file_ids", "ops", "paths", "started_s")
+    __slots__ = ("file_ids", "inserts", "ops", "paths", "started_s")
 
     def __init__(self) -> None:
         self.ops: list[tuple[str, tuple[Any, ...]]] = []
         self.file_ids: set[int] = set()
         self.paths: set[tuple[str, str]] = set()
         self.started_s = 0.0
+        #: file id -> index in ops of the row it inserts (an _append with amendable=True)
+        self.inserts: dict[int, int] = {}
 
 
 class GroupCommit:
@@ -126,12 +128,18 @@ class GroupCommit:
         params: tuple[Any, ...],
         file_id: int,
         path: tuple[str, str] | None = None,
+        *,
+        amendable: bool = False,
     ) -> None:
+        """Appends one operation; ``amendable``: it inserts file_id's row, which later state
+        changes of the same batch amend (_amend_pending) instead of following it."""
         self._raise_if_failed()
         with self._batch_lock:
             batch = self._batch
             if not batch.ops:
                 batch.started_s = time.monotonic()
+            if amendable:
+                batch.inserts[file_id] = len(batch.ops)
             batch.ops.append((sql, params))
             batch.file_ids.add(file_id)
             if path is not None:
@@ -172,15 +180,24 @@ class GroupCommit:
         else:
             self.flush()
 
-    def _amend_last(self, sql: str, file_id: int, amend: Any) -> bool:
-        """When the batch's last operation is ``sql`` for file_id (its first parameter), replaces
-        its parameters with amend(params) and returns True: one statement instead of two in the
-        same transaction (a file begun and skipped at once). False: append as usual."""
+    def _amend_pending(self, file_id: int, changes: tuple[tuple[int, Any], ...]) -> bool:
+        """When the batch still holds the row file_id inserts (anywhere in it, not only last),
+        sets its parameters as ``changes`` says ((index, value) pairs) and returns True: one
+        statement where a state change would add an UPDATE to the same transaction (a file
+        begun, keyed, uploading and committed within one group commit is one INSERT). The
+        result is the same: the row exists only from the INSERT on, an acknowledgement's guard
+        asks only that it exists, and a DELETE of it later in the batch still removes it.
+        False (the row is in a commit under way, or written already): append the UPDATE."""
         with self._batch_lock:
-            ops = self._batch.ops
-            if not ops or ops[-1][0] is not sql or ops[-1][1][0] != file_id:
+            batch = self._batch
+            index = batch.inserts.get(file_id)
+            if index is None:
                 return False
-            ops[-1] = (sql, amend(ops[-1][1]))
+            sql, params = batch.ops[index]
+            amended = list(params)
+            for at, value in changes:
+                amended[at] = value
+            batch.ops[index] = (sql, tuple(amended))
             return True
 
     @property

@@ -339,6 +339,7 @@ class Journal(JournalQueries):
             ),
             record.file_id,
             (job_id, rel_path),
+            amendable=True,
         )
         return record
 
@@ -382,23 +383,15 @@ class Journal(JournalQueries):
 
     def _set_state(self, file_id: int, state: str, error: str | None = None) -> None:
         now_ns = time.time_ns()
-
-        def amend(params: tuple[Any, ...]) -> tuple[Any, ...]:
-            # the INSERT's state, error and updated_ns (schema.FILE_COLUMNS), as SQL_STATE sets
-            at = _INSERT_STATE
-            return (*params[:at], state, *params[at + 1 : at + 3], error, now_ns, *params[at + 5 :])
-
-        if not self._amend_last(SQL_INSERT_FILE, file_id, amend):
+        # the INSERT's state, error and updated_ns (schema.FILE_COLUMNS), as SQL_STATE sets
+        at = _INSERT_STATE
+        if not self._amend_pending(file_id, ((at, state), (at + 3, error), (at + 4, now_ns))):
             self._append(SQL_STATE, (state, error, now_ns, file_id), file_id)
 
     def set_encryption(self, file_id: int, encryptiondata: str) -> None:
         """Record the wrapped content key of an encrypted file version (before its first ack)."""
-        at = _INSERT_STATE + 5  # encryptiondata, after updated_ns
-
-        def amend(params: tuple[Any, ...]) -> tuple[Any, ...]:
-            return (*params[:at], encryptiondata, *params[at + 1 :])
-
-        if not self._amend_last(SQL_INSERT_FILE, file_id, amend):
+        # encryptiondata follows updated_ns among the INSERT's parameters
+        if not self._amend_pending(file_id, ((_INSERT_STATE + 5, encryptiondata),)):
             self._append(SQL_ENCRYPTION, (encryptiondata, file_id), file_id)
 
     def mark_uploading(self, file_id: int) -> None:
@@ -417,7 +410,11 @@ class Journal(JournalQueries):
 
     def mark_committed(self, file_id: int, *, etag: str, blake3_hex: str) -> None:
         """Batched: if lost, the file is found "committing" and checked against the blob."""
-        self._append(SQL_COMMITTED, (etag, blake3_hex, time.time_ns(), file_id), file_id)
+        now_ns = time.time_ns()
+        at = _INSERT_STATE  # state, etag, blake3_hex, error, updated_ns: as SQL_COMMITTED sets
+        changes = ((at, "committed"), (at + 1, etag), (at + 2, blake3_hex), (at + 3, None))
+        if not self._amend_pending(file_id, (*changes, (at + 4, now_ns))):
+            self._append(SQL_COMMITTED, (etag, blake3_hex, now_ns, file_id), file_id)
 
     def mark_failed(self, file_id: int, error: str) -> None:
         self._set_state(file_id, "failed", one_line(error))

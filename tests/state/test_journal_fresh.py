@@ -86,7 +86,7 @@ def test_upload_ids_stay_distinct_hex_across_draws_of_randomness(
     assert all(len(u) == 32 and int(u, 16) >= 0 and u == u.lower() for u in ids)
 
 
-def test_a_file_begun_and_skipped_at_once_is_one_insert_with_the_skipped_state(
+def test_a_state_change_while_the_insert_is_unwritten_amends_it_wherever_it_sits(
     db_path: Path,
 ) -> None:
     from pyengine.state.schema import FILE_COLUMNS
@@ -102,12 +102,14 @@ def test_a_file_begun_and_skipped_at_once_is_one_insert_with_the_skipped_state(
         other = begin(j, job_id, "b.dcm")
         third = begin(j, job_id, "c.dcm")
         j.mark_failed(other.file_id, "late: not the last operation")
-        assert j.pending_ops == 4  # three inserts, one update
-        j.mark_skipped(third.file_id, "up to date")  # its insert is no longer the last op
-        assert j.pending_ops == 5
+        assert j.pending_ops == 3  # three inserts: the failure amended the second
+        j.mark_skipped(third.file_id, "up to date")
+        assert j.pending_ops == 3
+        j.flush()
         fourth = begin(j, job_id, "d.dcm")
+        j.mark_skipped(third.file_id, "up to date")  # its insert is written: an UPDATE
         j.mark_skipped(fourth.file_id, "up to date")
-        assert j.pending_ops == 6
+        assert j.pending_ops == 2
         j.flush()
         got = {r: j.file_record(job_id, r) for r in ("a.dcm", "b.dcm", "c.dcm", "d.dcm")}
     assert {r: (g.state, g.error, g.upload_id) for r, g in got.items() if g} == {
@@ -126,8 +128,8 @@ def test_a_new_version_given_its_key_and_state_at_once_is_one_insert(db_path: Pa
         j.mark_uploading(rec.file_id)
         assert j.pending_ops == 1
         other = begin(j, job_id, "b.dcm")
-        j.set_encryption(rec.file_id, '{"wrapped": 2}')  # not the last op: an UPDATE
-        assert j.pending_ops == 3
+        j.set_encryption(rec.file_id, '{"wrapped": 2}')  # not the last op: still amended
+        assert j.pending_ops == 2
         j.flush()
         got = j.file_record(job_id, "a.dcm")
         assert got is not None and (got.state, got.encryptiondata) == (
@@ -136,3 +138,41 @@ def test_a_new_version_given_its_key_and_state_at_once_is_one_insert(db_path: Pa
         )
         assert j.file_record(job_id, "b.dcm").encryptiondata is None  # type: ignore[union-attr]
     assert other.state == "planned"
+
+
+def test_a_file_committed_before_its_insert_is_written_is_one_insert(db_path: Path) -> None:
+    with Journal.open(db_path) as j:
+        job_id = j.create_job("/pacs", DEST, {})
+        rec = begin(j, job_id, "a.dcm")
+        j.set_encryption(rec.file_id, '{"wrapped": 1}')
+        j.mark_uploading(rec.file_id)
+        other = begin(j, job_id, "b.dcm")
+        ack(j, rec.file_id, 0)
+        j.mark_committing(rec.file_id, flush=False)
+        j.mark_committed(rec.file_id, etag='"0x1"', blake3_hex="ab" * 32)
+        assert j.pending_ops == 3  # two inserts and the ack
+        j.flush()
+        j.mark_failed(other.file_id, "written: an UPDATE")
+        j.mark_committed(other.file_id, etag='"0x2"', blake3_hex="cd" * 32)
+        assert j.pending_ops == 2
+        j.flush()
+        got = j.file_record(job_id, "a.dcm")
+        second = j.file_record(job_id, "b.dcm")
+    assert got is not None and second is not None
+    assert (got.state, got.etag, got.blake3_hex, got.error, got.encryptiondata) == (
+        "committed", '"0x1"', "ab" * 32, None, '{"wrapped": 1}',
+    )  # fmt: skip
+    assert list(got.acked_blocks or {}) == [0]
+    assert (second.state, second.etag, second.error) == ("committed", '"0x2"', None)
+
+
+def test_a_commit_point_amended_into_the_insert_is_durable_before_the_commit(
+    db_path: Path,
+) -> None:
+    with Journal.open(db_path) as j:
+        job_id = j.create_job("/pacs", DEST, {})
+        rec = begin(j, job_id, "a.dcm")
+        j.mark_committing(rec.file_id)  # flush=True: durable when it returns
+        sql = f"SELECT state FROM files WHERE file_id = {rec.file_id}"
+        # a second connection sees what a process killed now would find on resume
+        assert rows_seen_by_other_connection(db_path, sql) == "committing"  # type: ignore[comparison-overlap]
