@@ -123,7 +123,8 @@ class JobContext:
                 self.journal.mark_committed(
                     record.file_id, etag=etag or "", blake3_hex=blake3_hex or ""
                 )
-            self.emit("file_copied", path=rel_path, blob=blob, bytes=size_bytes)
+            if self.on_event is not None:
+                self.emit("file_copied", path=rel_path, blob=blob, bytes=size_bytes)
         elif status == "skipped":
             r.files_skipped += 1
             r.bytes_skipped += size_bytes

@@ -68,6 +68,13 @@ class Decider:
 
     # --- already there ---------------------------------------------------------------------
 
+    def may_be_there(self) -> bool:
+        """False when no file of this run can already be at the destination (a new job with
+        --check=none, or under a prefix that was empty): already_there then answers None
+        without a request, and a caller may skip awaiting it."""
+        ctx = self.ctx
+        return ctx.resumed or (ctx.options.check != "none" and not ctx.dest_was_empty)
+
     async def already_there(
         self, src: SourceFile, record: FileRecord, *, listed: StoredBlob | object | None = UNKNOWN
     ) -> tuple[str, str, StoredBlob, str | None] | None:
@@ -86,7 +93,7 @@ class Decider:
         ctx = self.ctx
         assert ctx.store is not None
         opts = ctx.options
-        if not ctx.resumed and (opts.check == "none" or ctx.dest_was_empty):
+        if not self.may_be_there():
             return None
         if listed is UNKNOWN:
             props = await ctx.store.get_properties(record.blob_name)

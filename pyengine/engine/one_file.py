@@ -69,12 +69,6 @@ class FileSteps:
             block_bytes=chunk_bytes,
             encrypted=opts.encrypt,
         )
-        common = {
-            "size_bytes": src.size_bytes,
-            "mtime_ns": src.mtime_ns,
-            "blob": name,
-            "record": record,
-        }
         if record.state in ("committed", "skipped"):
             # done by an earlier run of this job: counted again so the summary covers the source
             status = "copied" if record.state == "committed" else "skipped"
@@ -84,11 +78,16 @@ class FileSteps:
                 etag=record.etag,
                 blake3_hex=record.blake3_hex,
                 reason=record.error,
-                **common,
+                size_bytes=src.size_bytes,
+                mtime_ns=src.mtime_ns,
+                blob=name,
+                record=record,
             )
             return
         try:
-            verdict = await self.decide.already_there(src, record, listed=listed)
+            verdict = None
+            if self.decide.may_be_there():  # else no need to await an answer known to be None
+                verdict = await self.decide.already_there(src, record, listed=listed)
             if verdict is not None:
                 status, why, props, plain_hex = verdict
                 await ctx.outcome(
@@ -97,20 +96,34 @@ class FileSteps:
                     reason=why if status == "skipped" else None,
                     etag=props.etag,
                     blake3_hex=plain_hex,
-                    **common,
+                    size_bytes=src.size_bytes,
+                    mtime_ns=src.mtime_ns,
+                    blob=name,
+                    record=record,
                 )
                 return
             await self.sender.send_file(
                 src, record, chunk_bytes, single_put, prepare=self.decide.prepare
             )
         except PyEngineError as e:
-            await ctx.outcome(src.rel_path, "failed", reason=e.reason, **common)
+            await self._failed_file(src, name, record, e.reason)
         except (OSError, ValueError, RuntimeError) as e:
             # Not an anticipated failure: this file fails with one line, the job goes on, and
             # the traceback goes to the log (-vv) for the bug report.
             log.debug("unexpected error on %s", display_path(src.rel_path), exc_info=True)
             reason = f"unexpected error: {type(e).__name__}: {redact(str(e))}"
-            await ctx.outcome(src.rel_path, "failed", reason=reason, **common)
+            await self._failed_file(src, name, record, reason)
+
+    async def _failed_file(self, src: SourceFile, name: str, record: Any, reason: str) -> None:
+        await self.ctx.outcome(
+            src.rel_path,
+            "failed",
+            reason=reason,
+            size_bytes=src.size_bytes,
+            mtime_ns=src.mtime_ns,
+            blob=name,
+            record=record,
+        )
 
     async def refuse(self, rel_path: str, reason: str, *, size_bytes: int) -> None:
         """A file that cannot be planned (the scan could not read it, its name is rejected or

@@ -386,7 +386,8 @@ class Sender(Commits):
         assert ctx.journal is not None
         src, record = task.src, task.record
         ctx.journal.mark_uploading(record.file_id)
-        ctx.emit("file_started", path=src.rel_path, blob=record.blob_name, bytes=src.size_bytes)
+        if ctx.on_event is not None:  # no event (nor its arguments) built for no listener
+            ctx.emit("file_started", path=src.rel_path, blob=record.blob_name, bytes=src.size_bytes)
         await self._read(
             record.file_id,
             task,
@@ -398,12 +399,6 @@ class Sender(Commits):
             # --put-md5: the MD5 of the stored bytes, in the same read (FileDone.md5)
             stages=_core.STAGE_ALL | (_core.STAGE_MD5 if ctx.options.put_md5 else 0),
         )
-        common = {
-            "size_bytes": src.size_bytes,
-            "mtime_ns": src.mtime_ns,
-            "blob": record.blob_name,
-            "record": record,
-        }
         if task.failure is not None:
             if record.file_id in self._foreign:
                 self._foreign.discard(record.file_id)
@@ -411,7 +406,7 @@ class Sender(Commits):
             if task.changed:
                 log.debug("%s: %s", display_path(src.rel_path), task.failure)
                 return "changed"
-            await ctx.outcome(src.rel_path, "failed", reason=task.failure, **common)
+            await self._failed(src, record, task.failure)
             return None
         done = task.done
         read = (done.file_size_bytes, done.mtime_ns, done.ctime_ns, done.inode, done.device)
@@ -427,6 +422,14 @@ class Sender(Commits):
         finally:
             if task.held is not None:
                 task.held.release()
-        blake3_hex = done.blake3.hex()
-        await ctx.outcome(src.rel_path, "copied", etag=etag, blake3_hex=blake3_hex, **common)
+        await ctx.outcome(
+            src.rel_path,
+            "copied",
+            etag=etag,
+            blake3_hex=done.blake3.hex(),
+            size_bytes=src.size_bytes,
+            mtime_ns=src.mtime_ns,
+            blob=record.blob_name,
+            record=record,
+        )
         return None
