@@ -70,8 +70,8 @@ class Commits:
                     tags=tags,
                     headers=headers,
                 )
-            if ctx.on_event is not None:
-                ctx.emit("progress", path=src.rel_path, bytes=held.plain_bytes)
+            # always: a Dask worker's context relays progress with no listener of its own
+            ctx.emit("progress", path=src.rel_path, bytes=held.plain_bytes)
             return etag
         if task.acked != set(range(done.chunks)):  # complete and gap-free, or no commit
             missing = sorted(set(range(done.chunks)) - task.acked)
