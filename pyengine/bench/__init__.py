@@ -7,12 +7,36 @@ page-cached source files), sink, peers, dicom_tree. The names below are the benc
 benches/ and the tests.
 """
 
-from pyengine.bench.cli import add_bench_parser, parse_size, parse_thread_list, run_bench
-from pyengine.bench.copy_child import OurRun
-from pyengine.bench.dicom_tree import make_tree
-from pyengine.bench.files import write_random_file, write_small_files
-from pyengine.bench.native import NativeResult, NativeRun, print_native, run_native
-from pyengine.bench.upload import UploadResult, print_upload, run_upload
+import importlib
+from typing import Any
+
+#: name -> module that defines it, imported on first use (PEP 562): a copy measured in its own
+#: process (copy_child) imports this package, and must not pay for the peers' SDK import
+_WHERE = {
+    "add_bench_parser": "cli",
+    "parse_size": "cli",
+    "parse_thread_list": "cli",
+    "run_bench": "cli",
+    "OurRun": "copy_child",
+    "make_tree": "dicom_tree",
+    "write_random_file": "files",
+    "write_small_files": "files",
+    "NativeResult": "native",
+    "NativeRun": "native",
+    "print_native": "native",
+    "run_native": "native",
+    "UploadResult": "upload",
+    "print_upload": "upload",
+    "run_upload": "upload",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"pyengine.bench.{module}"), name)
+
 
 __all__ = [
     "NativeResult",

@@ -13,12 +13,17 @@ import argparse
 import asyncio
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyengine.bench.files import GB, GiB, MiB, bench_file
-from pyengine.bench.native import NativeResult, print_native, run_native
-from pyengine.bench.upload import UploadResult, print_upload, run_upload
 from pyengine.errors import ConfigError, PyEngineError
+
+if TYPE_CHECKING:
+    from pyengine.bench.native import NativeResult
+    from pyengine.bench.upload import UploadResult
+
+# The runs are imported when one is asked for: every `pyengine` command builds this parser,
+# and the peers (bench/peers.py: the azure-storage-blob SDK) cost a copy ~18 MiB of RSS.
 
 
 def parse_size(text: str) -> int:
@@ -188,6 +193,8 @@ def run_bench(args: argparse.Namespace) -> int:
             else:
                 print_download(results, Console())
         elif args.bench_command == "native":
+            from pyengine.bench.native import print_native
+
             result = _run_native_command(args, console)
             if args.json:
                 for obj in result.to_json():
@@ -215,6 +222,8 @@ def run_bench(args: argparse.Namespace) -> int:
             else:
                 print_delta(delta, Console())
         else:
+            from pyengine.bench.upload import print_upload
+
             result = asyncio.run(_run_upload_command(args, console))
             if args.json:
                 print(json.dumps(result.to_json()))
@@ -233,6 +242,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def _run_native_command(args: argparse.Namespace, console: Any) -> NativeResult:
+    from pyengine.bench.native import run_native
+
     cores = os.cpu_count() or 1
     thread_counts = args.threads or list(range(1, cores + 1))
     if args.size_bytes < MiB and args.file is None:
@@ -244,6 +255,8 @@ def _run_native_command(args: argparse.Namespace, console: Any) -> NativeResult:
 
 
 async def _run_upload_command(args: argparse.Namespace, console: Any) -> UploadResult:
+    from pyengine.bench.upload import run_upload
+
     if args.small_files < 1:
         raise ConfigError("--small-files", "must be at least 1")
     if args.size_bytes < 1:
