@@ -18,6 +18,7 @@ blobs no source file claims.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -54,9 +55,21 @@ class ClaimedNames:
         self.files = 0
 
     def add(self, names: Iterable[str], *, files: int) -> None:
-        self._db.executemany(
-            "INSERT OR IGNORE INTO claimed (name) VALUES (?)", ((n,) for n in names)
-        )
+        # One statement a scan batch, the names as one JSON array: executemany steps SQLite
+        # once a row, and each step gives the GIL up and waits to take it back from the scan
+        # and journal threads (the online delta's profile: ~13 µs a name on the loop, 1.1 µs
+        # alone). json_each decodes exactly what json.dumps encodes.
+        # (A NUL, which no file name holds, would end json_each's text early: bound instead.)
+        batch = list(names)
+        if any("\x00" in n for n in batch):
+            self._db.executemany(
+                "INSERT OR IGNORE INTO claimed (name) VALUES (?)", ((n,) for n in batch)
+            )
+        else:
+            self._db.execute(
+                "INSERT OR IGNORE INTO claimed (name) SELECT value FROM json_each(?)",
+                (json.dumps(batch, ensure_ascii=False),),
+            )
         self.files += files
 
     def __contains__(self, name: object) -> bool:
