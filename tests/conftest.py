@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from databoxproxy import DataBoxProxy
 from faultproxy import FaultProxy
 from hypothesis import settings
 
@@ -82,4 +84,14 @@ def fault_proxy(azurite: Azurite) -> Iterator[FaultProxy]:
     ``fault_proxy.url(container)`` routes a container URL through it, the test sets its rules."""
     origin = azurite.account_url.rsplit("/", 1)[0]
     with FaultProxy(origin) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def databox(azurite: Azurite, tmp_path: Path) -> Iterator[DataBoxProxy]:
+    """A Data Box stand-in in front of the session's Azurite (tests/databoxproxy.py): HTTPS with
+    a certificate of a test CA (``databox.ca_path``), REST versions up to 2019-02-02 only."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    with DataBoxProxy(azurite.account_url.rsplit("/", 1)[0], certs) as proxy:
         yield proxy

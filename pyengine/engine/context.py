@@ -157,6 +157,18 @@ class JobContext:
                 )
             )
 
+    async def file_failed(self, src: SourceFile, record: FileRecord, reason: str) -> None:
+        """outcome() of a journaled file that failed, with its one-line reason."""
+        await self.outcome(
+            src.rel_path,
+            "failed",
+            reason=reason,
+            size_bytes=src.size_bytes,
+            mtime_ns=src.mtime_ns,
+            blob=record.blob_name,
+            record=record,
+        )
+
     def manifest_extra(self, rel_path: str) -> dict[str, Any]:
         """Fields a policy job adds to a file's manifest line (tenant, study_uid)."""
         return {}

@@ -106,24 +106,13 @@ class FileSteps:
                 src, record, chunk_bytes, single_put, prepare=self.decide.prepare
             )
         except PyEngineError as e:
-            await self._failed_file(src, name, record, e.reason)
+            await ctx.file_failed(src, record, e.reason)
         except (OSError, ValueError, RuntimeError) as e:
             # Not an anticipated failure: this file fails with one line, the job goes on, and
             # the traceback goes to the log (-vv) for the bug report.
             log.debug("unexpected error on %s", display_path(src.rel_path), exc_info=True)
             reason = f"unexpected error: {type(e).__name__}: {redact(str(e))}"
-            await self._failed_file(src, name, record, reason)
-
-    async def _failed_file(self, src: SourceFile, name: str, record: Any, reason: str) -> None:
-        await self.ctx.outcome(
-            src.rel_path,
-            "failed",
-            reason=reason,
-            size_bytes=src.size_bytes,
-            mtime_ns=src.mtime_ns,
-            blob=name,
-            record=record,
-        )
+            await ctx.file_failed(src, record, reason)
 
     async def refuse(self, rel_path: str, reason: str, *, size_bytes: int) -> None:
         """A file that cannot be planned (the scan could not read it, its name is rejected or

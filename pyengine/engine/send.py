@@ -275,7 +275,7 @@ class Sender(Commits):
             if fresh:
                 again = self._new_version_to_read(src, record)
                 if isinstance(again, str):
-                    await self._failed(src, record, again)
+                    await self.ctx.file_failed(src, record, again)
                     return
                 src, record, chunk_bytes, single_put = again
             # only the first read resumes: a new version sends every block again
@@ -286,12 +286,12 @@ class Sender(Commits):
             fresh = True
             if then == "foreign":
                 if foreign_discarded:  # never a loop: once per file
-                    await self._failed(src, record, FOREIGN_AGAIN_REASON)
+                    await self.ctx.file_failed(src, record, FOREIGN_AGAIN_REASON)
                     return
                 foreign_discarded = True
                 problem = await self._discard_foreign(src, record)
                 if problem is not None:
-                    await self._failed(src, record, problem)
+                    await self.ctx.file_failed(src, record, problem)
                     return
                 continue
             changed_reads += 1
@@ -303,19 +303,8 @@ class Sender(Commits):
                 CHANGED_TRIES,
             )
             if changed_reads >= CHANGED_TRIES:
-                await self._failed(src, record, CHANGED_REASON)
+                await self.ctx.file_failed(src, record, CHANGED_REASON)
                 return
-
-    async def _failed(self, src: SourceFile, record: FileRecord, reason: str) -> None:
-        await self.ctx.outcome(
-            src.rel_path,
-            "failed",
-            reason=reason,
-            size_bytes=src.size_bytes,
-            mtime_ns=src.mtime_ns,
-            blob=record.blob_name,
-            record=record,
-        )
 
     async def _discard_foreign(self, src: SourceFile, record: FileRecord) -> str | None:
         """Discards the blocks another tool staged on the file's blob, saying so once (a log
@@ -406,7 +395,7 @@ class Sender(Commits):
             if task.changed:
                 log.debug("%s: %s", display_path(src.rel_path), task.failure)
                 return "changed"
-            await self._failed(src, record, task.failure)
+            await self.ctx.file_failed(src, record, task.failure)
             return None
         done = task.done
         read = (done.file_size_bytes, done.mtime_ns, done.ctime_ns, done.inode, done.device)

@@ -9,12 +9,10 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from databoxproxy import DataBoxProxy
 
 import pyengine
 from pyengine import CopyOptions
@@ -23,14 +21,6 @@ from pyengine.state.journal import Journal
 from pyengine.state.pending import pending_properties
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def databox(azurite: Any, tmp_path: Path) -> Iterator[DataBoxProxy]:
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    with DataBoxProxy(azurite.account_url.rsplit("/", 1)[0], certs) as proxy:
-        yield proxy
 
 
 def tree(root: Path) -> dict[str, bytes]:

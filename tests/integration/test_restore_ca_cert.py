@@ -9,26 +9,16 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from databoxproxy import DataBoxProxy
 
 import pyengine
 from pyengine import CopyOptions
 from pyengine.options import MiB
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def databox(azurite: Any, tmp_path: Path) -> Iterator[DataBoxProxy]:
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    with DataBoxProxy(azurite.account_url.rsplit("/", 1)[0], certs) as proxy:
-        yield proxy
 
 
 def restore(azurite: Any, url: str, out: Path, *flags: str) -> subprocess.CompletedProcess[str]:

@@ -13,12 +13,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from databoxproxy import DataBoxProxy
 
 import pyengine
 from pyengine import CopyOptions
@@ -27,14 +25,6 @@ from pyengine.state import pending as pending_mod
 from pyengine.state.journal import Journal
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def databox(azurite: Any, tmp_path: Path) -> Iterator[DataBoxProxy]:
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    with DataBoxProxy(azurite.account_url.rsplit("/", 1)[0], certs) as proxy:
-        yield proxy
 
 
 def resume(azurite: Any, job_id: str, journal: Path, *flags: str) -> subprocess.CompletedProcess:

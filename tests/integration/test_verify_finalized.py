@@ -11,12 +11,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from databoxproxy import DataBoxProxy
 
 import pyengine
 from pyengine import CopyOptions
@@ -24,14 +22,6 @@ from pyengine.options import MiB
 from pyengine.targets.azure_blob import parse_destination
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def databox(azurite: Any, tmp_path: Path) -> Iterator[DataBoxProxy]:
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    with DataBoxProxy(azurite.account_url.rsplit("/", 1)[0], certs) as proxy:
-        yield proxy
 
 
 def tree(root: Path) -> dict[str, bytes]:
