@@ -78,9 +78,14 @@ SQL_CREATE_JOB_LOCATIONS = """CREATE TABLE IF NOT EXISTS job_locations (
     -- one place per job: a later finalize (the right --dest after a wrong one) replaces it
     PRIMARY KEY (job_id)
 ) WITHOUT ROWID"""
+# A finalize of the job at the place already recorded keeps the first time: that is the age verify
+# gives the job's blobs (journal_queries.iter_committed_by_blob), and a later `finalize --deep`
+# must not make them newer than the deltas that replaced some since. Another place replaces it.
 SQL_RECORD_LOCATION = (
-    "INSERT OR REPLACE INTO job_locations (job_id, dest, job_prefix, recorded_ns)"
-    " VALUES (?, ?, ?, ?)"
+    "INSERT INTO job_locations (job_id, dest, job_prefix, recorded_ns) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (job_id) DO UPDATE SET dest = excluded.dest, job_prefix = excluded.job_prefix,"
+    " recorded_ns = excluded.recorded_ns"
+    " WHERE dest != excluded.dest OR job_prefix != excluded.job_prefix"
 )
 
 

@@ -92,3 +92,18 @@ def test_a_later_finalize_of_the_same_job_replaces_its_location(db_path: Path) -
         j.record_location(job, DEST + "/wrong", "dev/")
         j.record_location(job, DEST + "/right", "dev/")
         assert j.job_locations() == [(job, DEST + "/right", "dev/")]
+
+
+def test_finalizing_again_at_the_same_place_keeps_the_job_as_old_as_it_was(db_path: Path) -> None:
+    """The cutover's `finalize --deep` after the online deltas: the delta that replaced a blob
+    since the first finalize stays the newer version."""
+    with Journal.open(db_path) as j:
+        device = j.create_job("/pacs", "https://dbx/archive/dev", {})
+        commit(j, device, "b", "dev/b", "device-b")
+        j.record_location(device, DEST, "dev/")  # the first finalize
+        delta = j.create_job("/pacs", DEST, {})
+        commit(j, delta, "b", "acct/b", "delta-b")
+        j.record_location(device, DEST, "dev/")  # finalize --deep at cutover
+        moved = [(device, "dev/", "acct/")]
+        seen = j.iter_committed_by_blob([delta], name_prefix="acct/", relocated=moved)
+        assert [(r.blob_name, r.blake3_hex) for r in seen] == [("acct/b", "delta-b")]
