@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any
 
 from rich.console import Console
 
@@ -66,6 +67,13 @@ def positive(text: str) -> float:
 
 def size_mib(text: str) -> int:
     return int(positive(text) * MiB)
+
+
+def kek_of(args: argparse.Namespace) -> Any:
+    """The key-encryption key of --kek-file, or None without the flag."""
+    from pyengine.crypto import load_kek_file
+
+    return load_kek_file(args.kek_file) if args.kek_file else None
 
 
 def add_credential_flags(p: argparse.ArgumentParser) -> None:

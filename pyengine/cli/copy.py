@@ -11,7 +11,14 @@ import dataclasses
 import os
 from typing import Any
 
-from pyengine.cli.common import EXIT_FAILED, EXIT_OK, add_credential_flags, positive, size_mib
+from pyengine.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_credential_flags,
+    kek_of,
+    positive,
+    size_mib,
+)
 from pyengine.cli.progress import _Presenter
 from pyengine.cli.signals import run_interruptible
 from pyengine.errors import ConfigError
@@ -240,7 +247,7 @@ def _options_from(args: argparse.Namespace) -> CopyOptions:
 
     if args.encrypt and not args.kek_file:
         raise ConfigError("--encrypt", "needs --kek-file PATH (a file of 32 raw bytes)")
-    kek = load_kek_file(args.kek_file) if args.kek_file else None
+    kek = kek_of(args)
     for name in ("threads", "concurrency"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name}", "must be at least 1")

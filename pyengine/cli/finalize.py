@@ -10,7 +10,14 @@ import argparse
 import json
 from typing import Any
 
-from pyengine.cli.common import EXIT_FAILED, EXIT_OK, add_credential_flags, positive, size_mib
+from pyengine.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_credential_flags,
+    kek_of,
+    positive,
+    size_mib,
+)
 from pyengine.cli.signals import run_interruptible
 from pyengine.options import CopyOptions, MiB
 
@@ -56,11 +63,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
     """0 every blob checked and stamped; 1 any finding; usage errors raise ConfigError."""
     from pyengine.engine.finalize import FinalizeFinding, finalize
 
-    kek = None
-    if args.kek_file:
-        from pyengine.crypto import load_kek_file
-
-        kek = load_kek_file(args.kek_file)
+    kek = kek_of(args)
 
     def print_finding(finding: FinalizeFinding) -> None:
         print(finding.line(), flush=True)

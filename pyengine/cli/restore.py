@@ -16,6 +16,7 @@ from pyengine.cli.common import (
     EXIT_OK,
     add_credential_flags,
     human_bytes,
+    kek_of,
     positive,
     size_mib,
     stderr,
@@ -90,7 +91,6 @@ def add_parser(sub: Any) -> None:
 
 
 def options_from(args: argparse.Namespace) -> Any:
-    from pyengine.crypto import load_kek_file
     from pyengine.engine.restore import RestoreOptions
 
     for name in ("threads", "concurrency"):
@@ -107,7 +107,7 @@ def options_from(args: argparse.Namespace) -> Any:
         threads=args.threads,
         memory_cap_bytes=args.memory_cap,
         max_concurrency=args.concurrency,
-        kek=load_kek_file(args.kek_file) if args.kek_file else None,
+        kek=kek_of(args),
         policy=policy,
         include=tuple(args.include),
         exclude=tuple(args.exclude),

@@ -8,7 +8,7 @@ import argparse
 import json
 from typing import Any
 
-from pyengine.cli.common import EXIT_FAILED, EXIT_OK, add_credential_flags, size_mib
+from pyengine.cli.common import EXIT_FAILED, EXIT_OK, add_credential_flags, kek_of, size_mib
 from pyengine.cli.signals import run_interruptible
 from pyengine.options import CopyOptions, MiB
 from pyengine.state.verify_report import Finding, VerifyReport
@@ -77,11 +77,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """0 all ok, 1 any finding; usage errors raise ConfigError (exit 2 through cli.main)."""
     from pyengine.state.verify import verify
 
-    kek = None
-    if args.kek_file:
-        from pyengine.crypto import load_kek_file
-
-        kek = load_kek_file(args.kek_file)
+    kek = kek_of(args)
 
     def print_finding(finding: Finding) -> None:
         # one line each, as found: an operator sees them during a long deep run

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 import aiofiles
@@ -46,17 +46,7 @@ ManifestStatus = Literal[
     "pending",
 ]
 #: restore adds: restored (digest checked), unverified (no pyengine digest), pending (archived)
-STATUSES = (
-    "copied",
-    "skipped",
-    "failed",
-    "deleted_at_source",
-    "deleted",
-    "rewrapped",
-    "restored",
-    "unverified",
-    "pending",
-)
+STATUSES: tuple[str, ...] = get_args(ManifestStatus)
 #: journal file state -> manifest status (files still pending have no manifest line yet)
 STATUS_OF_STATE = {"committed": "copied", "skipped": "skipped", "failed": "failed"}
 

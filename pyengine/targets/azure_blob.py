@@ -89,19 +89,26 @@ class BlobStore(RestClient):
     ) -> AsyncIterator[BlobProps]:
         """Blobs whose name starts with ``prefix`` (List Blobs, 5000 per page). Without
         ``metadata`` a page is a fraction of the size (encryptiondata is ~500 bytes a blob)."""
+        async for blobs, _ in self._list_pages(prefix, "metadata" if metadata else "", page_size):
+            for blob in blobs:
+                yield blob
+
+    async def _list_pages(
+        self, prefix: str, include: str, page_size: int
+    ) -> AsyncIterator[tuple[list[BlobProps], bytes]]:
+        """List Blobs page by page: each page's blobs and its raw answer."""
         marker = ""
         while True:
             query = {"restype": "container", "comp": "list", "maxresults": str(page_size)}
-            if metadata:
-                query["include"] = "metadata"
+            if include:
+                query["include"] = include
             if prefix:
                 query["prefix"] = prefix
             if marker:
                 query["marker"] = marker
             _, _, content = await self._request("GET", None, what="list blobs", query=query)
             blobs, marker = parse_blob_list(content)
-            for blob in blobs:
-                yield blob
+            yield blobs, content
             if not marker:
                 return
 
@@ -275,20 +282,9 @@ class BlobStore(RestClient):
     ) -> AsyncIterator[tuple[BlobProps, dict[str, str]]]:
         """As list_blobs (with metadata), each blob with its index tags (include=tags): restore
         selects by tenant and study UID from the listing, one request per 5000 blobs."""
-        marker = ""
-        while True:
-            query = {"restype": "container", "comp": "list", "maxresults": str(page_size)}
-            query["include"] = "metadata,tags"
-            if prefix:
-                query["prefix"] = prefix
-            if marker:
-                query["marker"] = marker
-            _, _, content = await self._request("GET", None, what="list blobs", query=query)
-            blobs, marker = parse_blob_list(content)
+        async for blobs, content in self._list_pages(prefix, "metadata,tags", page_size):
             for blob, tags in zip(blobs, _blob_tags(content), strict=True):
                 yield blob, tags
-            if not marker:
-                return
 
 
 def _blob_tags(content: bytes) -> list[dict[str, str]]:

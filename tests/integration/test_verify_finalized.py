@@ -6,7 +6,6 @@ as unknown; a blob an online delta re-wrote is judged by the delta (the newest j
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -15,34 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_finalize as finalize_tests
+from test_finalize import tree
 
 import pyengine
-from pyengine import CopyOptions
-from pyengine.options import MiB
 from pyengine.targets.azure_blob import parse_destination
 
 pytestmark = pytest.mark.integration
 
 
-def tree(root: Path) -> dict[str, bytes]:
-    files = {"a/s0.dcm": os.urandom(1000), "a/s1.dcm": os.urandom(1001)}
-    files["b/multi.bin"] = os.urandom(2 * MiB + 17)  # Put Block List (1 MiB blocks)
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    return files
-
-
 def copy(src: Path, dest: str, azurite: Any, journal: Path, **kw: Any) -> pyengine.CopyReport:
-    opts = CopyOptions(
-        threads=2,
-        single_put_max_bytes=MiB,
-        block_bytes=MiB,
-        connection_string=azurite.connection_string,
-        journal_path=str(journal),
-        **kw,
-    )
-    report = asyncio.run(pyengine.copy(src, dest, opts))
+    report = finalize_tests.copy(src, dest, azurite, journal, **kw)
     assert report.failures == []
     return report
 
