@@ -12,6 +12,10 @@ is faked on the data path: every byte of every range is read from the file and s
 Our run is ``pyengine restore`` in a child process (its peak RSS is its own: VmHWM via
 getrusage of the child), with decryption and BLAKE3 verification on; the SDK run downloads the
 same stored bytes (ciphertext: the SDK's decryption is not asked) into files.
+
+With ``PYENGINE_BENCH_SINK_CPUS`` set (a ``taskset -c`` CPU list) the file server runs on those
+CPUs only (:func:`pyengine.bench.sink.sink_cpus_prefix`): ``PYENGINE_BENCH_SINK_CPUS=2-15 taskset
+-c 0,1 pyengine bench download ...`` measures a 2-core client against a server on 14 others.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from xml.sax.saxutils import escape
 
 from pyengine import _core
 from pyengine.bench.files import GB, MiB
-from pyengine.bench.sink import _free_loopback_port, _terminate, find_nginx
+from pyengine.bench.sink import _free_loopback_port, _terminate, find_nginx, nginx_command
 from pyengine.crypto import (
     KEYED_DIGEST_METADATA,
     LocalKeyWrapper,
@@ -119,7 +123,7 @@ class FileServer:
             render_config(self.tmpdir, self.root, self.port, run_as_root=os.geteuid() == 0)
         )
         self._proc = subprocess.Popen(
-            [nginx, "-p", str(self.tmpdir), "-c", str(conf), "-g", "daemon off;"],
+            nginx_command(nginx, self.tmpdir, conf),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -1,15 +1,21 @@
-"""Scale-out figures (issue 13): one tree copied into the nginx discard sink in one process,
-with ``--workers 1`` and with ``--workers 2``, interleaved in one run so that each mode meets
-the same machine.
+"""Scale-out figures (issue 13): one tree copied into the nginx discard sink in process and with
+``--workers N`` for each N asked, interleaved in one run so that each mode meets the same machine.
 
-``python -m pyengine.bench.scaleout [--small N] [--large N] [--repeats N] [--json]``
+``python -m pyengine.bench.scaleout [--small N] [--large N] [--repeats N] [--workers-list 0,1,2]
+[--threads N] [--workdir DIR] [--sink-workers N] [--json]``
+
+``--workers-list``: the modes, 0 being in-process (default ``0,1,2``); ``--threads``: reader
+threads per engine (each worker runs one engine); ``--workdir``: where the tree and the journals
+go (``/dev/shm`` on a big host keeps the disk out of the figures); ``--sink-workers``: the
+sink's nginx worker processes (default 1; a 16-core host scaling 16 engines needs several).
+``PYENGINE_BENCH_SINK_CPUS`` pins the sink (see :mod:`pyengine.bench.sink`).
 
 Each copy is a fresh job (its own journal, ``check="none"``) so every byte is sent each time;
 the sink's access log proves the bytes were read. Times per copy: the job's own ``elapsed_s``
-(scan to summary: what the overhead figure compares), the wall time of the whole call, and
-their difference, the embedded LocalCluster's start and close (``cluster_s``: paid once per
-call, whatever the tree); and the CPU seconds of this process (all of the work in process; the
-driver's share with workers).
+(scan to summary: what the overhead and speed-up figures compare), the wall time of the whole
+call, and their difference, the embedded LocalCluster's start and close (``cluster_s``: paid
+once per call, whatever the tree); the CPU seconds of this process (all of the work in process;
+the driver's share with workers) and of the sink's nginx (is the sink the limit?).
 """
 
 from __future__ import annotations
@@ -30,7 +36,25 @@ from pyengine.bench.files import write_random_file, write_small_files
 from pyengine.bench.sink import DiscardSink
 from pyengine.options import CopyOptions, MiB
 
-MODES: dict[str, int | None] = {"in-process": None, "--workers 1": 1, "--workers 2": 2}
+DEFAULT_WORKERS_LIST = (0, 1, 2)
+
+
+def parse_workers_list(text: str) -> list[int]:
+    """``"0,1,2,4"`` -> ``[0, 1, 2, 4]`` (0: in process); distinct counts >= 0, order kept."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of counts: {text!r}"
+        ) from None
+    if any(n < 0 for n in counts) or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"counts must be distinct and >= 0: {text!r}")
+    return counts
+
+
+def mode_name(workers: int) -> str:
+    """The table's name of a mode: ``in-process`` for 0, else the CLI flag it stands for."""
+    return "in-process" if workers == 0 else f"--workers {workers}"
 
 
 def make_tree(root: Path, small: int, large: int) -> int:
@@ -57,9 +81,11 @@ async def one_copy(
     sink.reset_counts()
     start = time.monotonic()
     cpu_start = _cpu_s()
+    sink_cpu_start = sink.cpu_seconds()
     report = await pyengine.copy(source, f"{sink.url}/{job}", opts)
     wall_s = time.monotonic() - start
     cpu_s = _cpu_s() - cpu_start
+    sink_cpu_s = sink.cpu_seconds() - sink_cpu_start
     read = await sink.acounted()
     if not report.ok or read.body_bytes < report.bytes_copied:
         raise RuntimeError(f"{job}: not every byte reached the sink ({report.failures[:3]})")
@@ -67,6 +93,7 @@ async def one_copy(
         "elapsed_s": report.elapsed_s,
         "wall_s": wall_s,
         "cpu_s": cpu_s,
+        "sink_cpu_s": sink_cpu_s,
         "bytes": report.bytes_copied,
     }
 
@@ -77,15 +104,25 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def run(small: int, large: int, repeats: int, threads: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="pyengine-scaleout-") as tmp_name:
+async def run(
+    small: int,
+    large: int,
+    repeats: int,
+    threads: int,
+    *,
+    workers_list: list[int] | tuple[int, ...] = DEFAULT_WORKERS_LIST,
+    workdir: str | None = None,
+    sink_workers: int = 1,
+) -> dict[str, Any]:
+    modes = {mode_name(n): (n or None) for n in workers_list}
+    with tempfile.TemporaryDirectory(prefix="pyengine-scaleout-", dir=workdir) as tmp_name:
         tmp = Path(tmp_name)
         total_bytes = make_tree(tmp / "src", small, large)
-        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
-        async with DiscardSink() as sink:
+        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+        async with DiscardSink(worker_processes=sink_workers) as sink:
             await one_copy(tmp / "src", sink, tmp, "warm", None, threads)  # page cache, sink
             for r in range(repeats):
-                for mode, workers in MODES.items():
+                for mode, workers in modes.items():
                     job = f"r{r}-{mode.strip('-').replace(' ', '')}"
                     runs[mode].append(await one_copy(tmp / "src", sink, tmp, job, workers, threads))
     table = {}
@@ -93,21 +130,33 @@ async def run(small: int, large: int, repeats: int, threads: int) -> dict[str, A
         elapsed = statistics.median(x["elapsed_s"] for x in rs)
         wall = statistics.median(x["wall_s"] for x in rs)
         table[mode] = {
+            "workers": modes[mode] or 0,
             "elapsed_s": round(elapsed, 3),
             "wall_s": round(wall, 3),
             "cluster_s": round(statistics.median(x["wall_s"] - x["elapsed_s"] for x in rs), 3),
             "gbps": round(total_bytes / elapsed / 1e9, 3),
             "files_per_s": round((small + large) / elapsed, 1),
             "driver_cpu_s": round(statistics.median(x["cpu_s"] for x in rs), 2),
+            "sink_cpu_s": round(statistics.median(x["sink_cpu_s"] for x in rs), 2),
         }
-    base = table["in-process"]["elapsed_s"]
+    # speed-up against one worker (the scale-out baseline); without one, against the first mode
+    base_mode = mode_name(1) if mode_name(1) in table else next(iter(table))
+    for row in table.values():
+        row["speedup"] = round(table[base_mode]["elapsed_s"] / row["elapsed_s"], 2)
+    overhead = None
+    if "in-process" in table and mode_name(1) in table:
+        overhead = round(
+            (table[mode_name(1)]["elapsed_s"] / table["in-process"]["elapsed_s"] - 1) * 100, 1
+        )
     return {
         "files": small + large,
         "bytes": total_bytes,
         "threads_per_engine": threads,
+        "sink_workers": sink_workers,
         "repeats": repeats,
+        "speedup_base": base_mode,
         "modes": table,
-        "workers1_overhead_pct": round((table["--workers 1"]["elapsed_s"] / base - 1) * 100, 1),
+        "workers1_overhead_pct": overhead,
     }
 
 
@@ -117,25 +166,50 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--large", type=int, default=4, help="64 MiB files (default: 4)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="reader threads per engine")
+    p.add_argument(
+        "--workers-list",
+        type=parse_workers_list,
+        default=list(DEFAULT_WORKERS_LIST),
+        help="modes to compare, 0 = in process (default: 0,1,2)",
+    )
+    p.add_argument("--workdir", default=None, help="where the tree goes (default: TMPDIR)")
+    p.add_argument("--sink-workers", type=int, default=1, help="nginx worker processes (1)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    result = asyncio.run(run(args.small, args.large, args.repeats, args.threads))
+    result = asyncio.run(
+        run(
+            args.small,
+            args.large,
+            args.repeats,
+            args.threads,
+            workers_list=args.workers_list,
+            workdir=args.workdir,
+            sink_workers=args.sink_workers,
+        )
+    )
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{result['files']} files, {result['bytes'] / 1e6:.0f} MB, median of {args.repeats}")
+    print(
+        f"{result['files']} files, {result['bytes'] / 1e6:.0f} MB, median of {args.repeats};"
+        f" {args.threads} threads per engine, sink {args.sink_workers} nginx workers"
+    )
     print(
         f"{'mode':<14}{'job s':>8}{'cluster s':>10}{'wall s':>8}{'GB/s':>8}{'files/s':>9}"
-        f"{'cpu s':>8}"
+        f"{'speed-up':>9}{'cpu s':>8}{'sink cpu s':>11}"
     )
     for mode, row in result["modes"].items():
         print(
             f"{mode:<14}{row['elapsed_s']:>8.2f}{row['cluster_s']:>10.2f}{row['wall_s']:>8.2f}"
-            f"{row['gbps']:>8.3f}{row['files_per_s']:>9.0f}{row['driver_cpu_s']:>8.2f}"
+            f"{row['gbps']:>8.3f}{row['files_per_s']:>9.0f}{row['speedup']:>8.2f}x"
+            f"{row['driver_cpu_s']:>8.2f}{row['sink_cpu_s']:>11.2f}"
         )
-    print(
-        f"--workers 1 overhead vs in-process (job time): {result['workers1_overhead_pct']:+.1f} %"
-    )
+    print(f"speed-up: job time of {result['speedup_base']} / job time of the mode")
+    if result["workers1_overhead_pct"] is not None:
+        print(
+            "--workers 1 overhead vs in-process (job time):"
+            f" {result['workers1_overhead_pct']:+.1f} %"
+        )
     return 0
 
 

@@ -20,6 +20,13 @@ Usage::
 
 From asyncio code use ``async with DiscardSink() as sink`` and ``await sink.acounted()``: both run
 the blocking parts (start, log settling, stop) in a worker thread.
+
+``PYENGINE_BENCH_SINK_CPUS`` (a ``taskset -c`` CPU list such as ``2-15``): when set, every nginx
+a bench starts (this sink, and ``bench download``'s file server) runs under ``taskset -c`` on
+those CPUs, so the client under test can be pinned apart from it, e.g.
+``PYENGINE_BENCH_SINK_CPUS=2-15 taskset -c 0,1 pyengine bench download ...`` measures a 2-core
+client against a server on the other 14. The nginx binary is the first ``nginx`` on PATH, else
+/usr/sbin/nginx.
 """
 
 from __future__ import annotations
@@ -28,13 +35,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +64,11 @@ DEFAULT_CONTAINER = "bench"
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
 _PORT_TRIES = 5
+_MAX_WORKER_PROCESSES = 64
+
+#: CPUs every bench nginx runs on (``taskset -c`` list); unset: wherever the kernel puts it
+SINK_CPUS_ENV = "PYENGINE_BENCH_SINK_CPUS"
+_CPU_LIST = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
 
 
 @dataclass(frozen=True)
@@ -98,12 +111,42 @@ def find_nginx() -> str:
     raise ConfigError("nginx", "not installed; run `make bench` (it installs nginx-light)")
 
 
+def sink_cpus_prefix(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``["taskset", "-c", CPUS]`` when ``PYENGINE_BENCH_SINK_CPUS`` is set (see the module
+    docstring), else ``[]``: what goes before an nginx command line."""
+    cpus = (os.environ if environ is None else environ).get(SINK_CPUS_ENV, "").strip()
+    if not cpus:
+        return []
+    if not _CPU_LIST.fullmatch(cpus):
+        raise ConfigError(SINK_CPUS_ENV, f"not a CPU list like 2-15 or 0,2,4: {cpus!r}")
+    taskset = shutil.which("taskset")
+    if taskset is None:
+        raise ConfigError(SINK_CPUS_ENV, "is set but taskset (util-linux) is not on PATH")
+    return [taskset, "-c", cpus]
+
+
+def nginx_command(nginx: str, prefix_dir: Path, conf: Path) -> list[str]:
+    """The command line of a bench nginx in the foreground, pinned as ``sink_cpus_prefix`` says
+    (taskset execs nginx: the pid is nginx's master, so stopping it stops nginx)."""
+    return [
+        *sink_cpus_prefix(),
+        nginx,
+        "-p",
+        str(prefix_dir),
+        "-c",
+        str(conf),
+        "-g",
+        "daemon off;",
+    ]
+
+
 class DiscardSink:
     """A running nginx discard sink on a free 127.0.0.1 port (see the module docstring).
 
     ``worker_processes`` is 1 by default: the client under test must keep most of the 2 cores
-    CI has. Measured here, nginx spends about 0.3-0.5 core per GB/s of bodies read, so one
-    worker keeps up with a client up to about 2 GB/s; with 2 workers the bare aiohttp client got
+    CI has (a many-core host scaling many clients asks for more: ``bench.scaleout
+    --sink-workers``). Measured here, nginx spends about 0.3-0.5 core per GB/s of bodies read, so
+    one worker keeps up with a client up to about 2 GB/s; with 2 workers the bare aiohttp client got
     up to ~30 % more (sink and client then fight for the same 2 cores; see :meth:`cpu_seconds`).
     ``body_buffer_bytes``: bodies up to 1.25 × this stay in memory, larger ones are spooled to
     a temp file in the sink's temp dir (slower: keep it above the benchmarked block size).
@@ -117,8 +160,11 @@ class DiscardSink:
         container: str = DEFAULT_CONTAINER,
         nginx_path: str | None = None,
     ) -> None:
-        if worker_processes not in (1, 2):
-            raise ConfigError("sink", f"worker_processes must be 1 or 2, not {worker_processes}")
+        if not 1 <= worker_processes <= _MAX_WORKER_PROCESSES:
+            raise ConfigError(
+                "sink",
+                f"worker_processes must be 1 to {_MAX_WORKER_PROCESSES}, not {worker_processes}",
+            )
         if nginx_path is not None and not os.access(nginx_path, os.X_OK):
             raise ConfigError(nginx_path, "not executable; run `make bench` (it installs nginx)")
         self._nginx = nginx_path or find_nginx()
@@ -165,7 +211,7 @@ class DiscardSink:
             stderr_path = self.tmpdir / "stderr.log"
             with open(stderr_path, "wb") as stderr:
                 proc = subprocess.Popen(
-                    [self._nginx, "-p", str(self.tmpdir), "-c", str(conf), "-g", "daemon off;"],
+                    nginx_command(self._nginx, self.tmpdir, conf),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=stderr,

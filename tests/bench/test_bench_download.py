@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from pyengine.bench.download import run_download
+from pyengine.bench.download import FileServer, run_download
+from pyengine.bench.sink import SINK_CPUS_ENV
 from pyengine.options import MiB
 
 pytestmark = pytest.mark.skipif(
@@ -29,3 +31,11 @@ def test_bench_download_reports_cpu_seconds_per_gb_of_both_clients(tmp_path):
         assert ours["total_bytes"] > 0 and ours["gbps"] > 0
         assert 0 < ours["loop_cpu_s"] <= ours["cpu_s"]
         assert ours["cpu_s_per_gb"] > 0 and sdk["cpu_s_per_gb"] > 0
+
+
+def test_file_server_runs_on_the_cpus_the_sink_variable_names(tmp_path, monkeypatch):
+    monkeypatch.setenv(SINK_CPUS_ENV, "0")
+    with FileServer(tmp_path) as server:
+        assert server._proc is not None
+        status = Path(f"/proc/{server._proc.pid}/status").read_text()
+        assert "Cpus_allowed_list:\t0\n" in status

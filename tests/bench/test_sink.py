@@ -18,7 +18,13 @@ from pyengine.bench.peers import (
     sdk_upload_large,
     sdk_upload_small_files,
 )
-from pyengine.bench.sink import DiscardSink, SinkCount
+from pyengine.bench.sink import (
+    SINK_CPUS_ENV,
+    DiscardSink,
+    SinkCount,
+    find_nginx,
+    sink_cpus_prefix,
+)
 from pyengine.errors import ConfigError, IntegrityError
 
 MiB = 1024 * 1024
@@ -273,3 +279,42 @@ def test_peer_raises_integrity_error_when_sink_did_not_read_the_payload(
                 other.url, other.connection_string, [path], concurrency=1, sink=fresh_sink
             )
         )
+
+
+def test_sink_cpus_prefix_is_taskset_when_the_variable_is_set() -> None:
+    assert sink_cpus_prefix({}) == []
+    assert sink_cpus_prefix({SINK_CPUS_ENV: " "}) == []
+    prefix = sink_cpus_prefix({SINK_CPUS_ENV: "2-15"})
+    assert prefix[1:] == ["-c", "2-15"] and os.path.basename(prefix[0]) == "taskset"
+    assert sink_cpus_prefix({SINK_CPUS_ENV: "0,2,4-5"})[1:] == ["-c", "0,2,4-5"]
+
+
+@pytest.mark.parametrize("cpus", ["2-", "a", "0;reboot", "1 2"])
+def test_sink_cpus_that_are_not_a_cpu_list_raise_one_line_error(cpus: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        sink_cpus_prefix({SINK_CPUS_ENV: cpus})
+    assert SINK_CPUS_ENV in info.value.one_line()
+
+
+def _cpus_allowed(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no Cpus_allowed_list for {pid}")
+
+
+def test_sink_master_and_workers_run_on_the_cpus_the_variable_names(monkeypatch) -> None:
+    monkeypatch.setenv(SINK_CPUS_ENV, "0")
+    with DiscardSink(worker_processes=3) as sink:
+        assert sink.pid is not None
+        workers = _children_of(sink.pid)
+        assert len(workers) == 3
+        assert {_cpus_allowed(pid) for pid in [sink.pid, *workers]} == {"0"}
+
+
+def test_nginx_first_on_path_is_the_one_used(tmp_path: Path, monkeypatch) -> None:
+    fake = tmp_path / "nginx"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert find_nginx() == str(fake)
