@@ -2,7 +2,7 @@
 ``--workers N`` for each N asked, interleaved in one run so that each mode meets the same machine.
 
 ``python -m pyengine.bench.scaleout [--small N] [--large N] [--repeats N] [--workers-list 0,1,2]
-[--threads N] [--workdir DIR] [--sink-workers N] [--json]``
+[--threads N] [--workdir DIR] [--sink-workers N] [--json] [--json-out FILE]``
 
 ``--workers-list``: the modes, 0 being in-process (default ``0,1,2``); ``--threads``: reader
 threads per engine (each worker runs one engine); ``--workdir``: where the tree and the journals
@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--workdir", default=None, help="where the tree goes (default: TMPDIR)")
     p.add_argument("--sink-workers", type=int, default=1, help="nginx worker processes (1)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object, no table")
+    p.add_argument("--json-out", default=None, help="also write the JSON object to this file")
     args = p.parse_args(argv)
     result = asyncio.run(
         run(
@@ -187,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             sink_workers=args.sink_workers,
         )
     )
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result) + "\n")
     if args.json:
         print(json.dumps(result))
         return 0

@@ -31,7 +31,9 @@ def test_workers_list_refuses_what_is_not_distinct_counts(text: str) -> None:
     shutil.which("nginx") is None and not os.access("/usr/sbin/nginx", os.X_OK),
     reason="nginx is not installed (`make bench` installs it)",
 )
-def test_in_process_run_writes_its_tree_under_workdir_and_prints_json(tmp_path, capsys) -> None:
+def test_in_process_run_writes_its_tree_under_workdir_and_its_json_to_a_file(
+    tmp_path, capsys
+) -> None:
     # in process only: a LocalCluster's start would cost seconds
     argv = [
         "--small",
@@ -46,11 +48,15 @@ def test_in_process_run_writes_its_tree_under_workdir_and_prints_json(tmp_path, 
         "3",
         "--json",
     ]
-    rc = scaleout.main([*argv, "--workdir", str(tmp_path)])
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    out = tmp_path / "scale.json"
+    rc = scaleout.main([*argv, "--workdir", str(workdir), "--json-out", str(out)])
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == result
     assert list(result["modes"]) == ["in-process"]
     row = result["modes"]["in-process"]
     assert row["files_per_s"] > 0 and row["speedup"] == 1.0 and row["sink_cpu_s"] >= 0
     assert result["sink_workers"] == 3 and result["workers1_overhead_pct"] is None
-    assert list(tmp_path.iterdir()) == []  # its temp dir was there, and is gone
+    assert list(workdir.iterdir()) == []  # its temp dir was there, and is gone
