@@ -124,7 +124,15 @@ async def run(
             for r in range(repeats):
                 for mode, workers in modes.items():
                     job = f"r{r}-{mode.strip('-').replace(' ', '')}"
-                    runs[mode].append(await one_copy(tmp / "src", sink, tmp, job, workers, threads))
+                    row = await one_copy(tmp / "src", sink, tmp, job, workers, threads)
+                    runs[mode].append(row)
+                    # as it goes, on stderr: a run cut short by a timeout still shows its copies
+                    print(
+                        f"{job}: job {row['elapsed_s']:.2f} s, wall {row['wall_s']:.2f} s,"
+                        f" cpu {row['cpu_s']:.2f} s, sink cpu {row['sink_cpu_s']:.2f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     table = {}
     for mode, rs in runs.items():
         elapsed = statistics.median(x["elapsed_s"] for x in rs)
