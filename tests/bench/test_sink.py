@@ -307,7 +307,10 @@ def test_sink_master_and_workers_run_on_the_cpus_the_variable_names(monkeypatch)
     monkeypatch.setenv(SINK_CPUS_ENV, "0")
     with DiscardSink(worker_processes=3) as sink:
         assert sink.pid is not None
-        workers = _children_of(sink.pid)
+        # the sink answers once its master listens; the workers may still be starting
+        deadline = time.monotonic() + 5
+        while len(workers := _children_of(sink.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert len(workers) == 3
         assert {_cpus_allowed(pid) for pid in [sink.pid, *workers]} == {"0"}
 
