@@ -73,6 +73,15 @@ def _children_of(pid: int) -> list[int]:
     return children
 
 
+def _workers_of(master_pid: int, expected: int) -> list[int]:
+    """nginx's workers: the sink answers once its master listens, the workers may still be
+    starting on a loaded machine."""
+    deadline = time.monotonic() + 5
+    while len(workers := _children_of(master_pid)) < expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return workers
+
+
 def test_sink_cpu_seconds_grow_while_it_reads_bodies(sink: DiscardSink) -> None:
     before_s = sink.cpu_seconds()
     asyncio.run(_put_all(sink.url, [32 * MiB] * 4))
@@ -191,7 +200,7 @@ def test_stop_leaves_no_nginx_process_and_no_temp_dir() -> None:
     master_pid = sink.pid
     assert master_pid is not None
     tmpdir = sink.tmpdir
-    workers = _children_of(master_pid)
+    workers = _workers_of(master_pid, 2)
     assert len(workers) == 2
     sink.stop()
     alive = [pid for pid in [master_pid, *workers] if Path(f"/proc/{pid}").exists()]
@@ -307,10 +316,7 @@ def test_sink_master_and_workers_run_on_the_cpus_the_variable_names(monkeypatch)
     monkeypatch.setenv(SINK_CPUS_ENV, "0")
     with DiscardSink(worker_processes=3) as sink:
         assert sink.pid is not None
-        # the sink answers once its master listens; the workers may still be starting
-        deadline = time.monotonic() + 5
-        while len(workers := _children_of(sink.pid)) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        workers = _workers_of(sink.pid, 3)
         assert len(workers) == 3
         assert {_cpus_allowed(pid) for pid in [sink.pid, *workers]} == {"0"}
 
