@@ -36,6 +36,7 @@ import aiohttp
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
+from pyengine.targets.body_writer import MAX_BODY_BYTES, ThreadSend
 from pyengine.targets.tls import CertificateProblem, certificate_reason_of
 
 #: connect timeout, as the aiohttp session's sock_connect
@@ -58,12 +59,13 @@ def _no_progress() -> None:
     pass
 
 
-class _Connection(asyncio.BufferedProtocol):
+class _Connection(asyncio.BufferedProtocol, ThreadSend):
     """One keep-alive connection: one exchange at a time, its answer parsed as bytes arrive."""
 
     def __init__(self) -> None:
         self.transport: Any = None
         self.closed = False
+        ThreadSend.__init__(self)
         #: the last answer allows the connection to serve another request
         self.reusable = True
         # the socket's buffer for heads and for bodies that go to bytes; a memoryview, never the
@@ -103,12 +105,25 @@ class _Connection(asyncio.BufferedProtocol):
         self._into, self._ok, self._progress, self._no_body = into or _EMPTY, ok, progress, no_body
         self._state, self._filled, self._need, self._in_buffer = "head", 0, 0, False
         self._raw.clear()
-        self.transport.write(head)
-        if body is not None and body.nbytes:
+        first = 0  # body bytes already in the kernel
+        if (
+            body is not None
+            and 0 < body.nbytes <= MAX_BODY_BYTES
+            and self.thread_sends
+            and not self.transport.get_write_buffer_size()
+        ):
+            sent = await self.send_by_thread(head, body)
+            head, first = head[sent:], max(0, sent - len(head))
+            if sent:
+                progress()
+        if head and not answer.done():
+            self.transport.write(head)
+        if body is not None and body.nbytes > first:
             # a body of up to two slices goes in one write (a 28-byte tail of an encrypted
             # 256 KiB file was a send() of its own)
-            step = body.nbytes if body.nbytes <= 2 * SLICE_BYTES else SLICE_BYTES
-            for start in range(0, body.nbytes, step):
+            left = body.nbytes - first
+            step = left if left <= 2 * SLICE_BYTES else SLICE_BYTES
+            for start in range(first, body.nbytes, step):
                 if answer.done():  # answered (refused) before the whole body went out
                     self.reusable = False
                     break
@@ -150,9 +165,11 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.attach_socket(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
+        self.close_socket()
         state = self._state
         if state == "to_eof" and exc is None:
             self._finish_collected()
