@@ -151,6 +151,12 @@ def _add_download_parser(kinds: Any) -> None:
     d.add_argument("--threads", type=int, default=None, help="writer threads (default: cores)")
     d.add_argument("--memory-cap", type=parse_size, default=512 * MiB, dest="memory_cap_bytes")
     d.add_argument("--max-concurrency", type=int, default=64)
+    d.add_argument(
+        "--server-workers",
+        type=int,
+        default=1,
+        help="nginx worker processes of the file server (default 1: on 2 cores it shares them)",
+    )
     d.add_argument("--workdir", default=None, help="served and restored files (default: TMPDIR)")
     d.add_argument("--json", action="store_true", help="print one JSON object")
 
