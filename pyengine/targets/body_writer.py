@@ -55,31 +55,44 @@ class BodyWriter:
         return fut
 
     def _ensure_thread(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid() and thread.is_alive():
             return
         with self._lock:
             if self._thread is None or self._pid != os.getpid():
-                self._jobs = SimpleQueue()
+                self._jobs = SimpleQueue()  # a forked child: the parent's queue is not ours
                 self._pid = os.getpid()
-                self._thread = threading.Thread(
-                    target=self._main, args=(self._jobs,), name="pyengine-body-writer", daemon=True
-                )
-                self._thread.start()
+            elif self._thread.is_alive():
+                return
+            # first use, a forked child, or a thread that died: the queued jobs are served
+            self._thread = threading.Thread(
+                target=self._main, args=(self._jobs,), name="pyengine-body-writer", daemon=True
+            )
+            self._thread.start()
 
     @staticmethod
     def _main(jobs: SimpleQueue[_Job]) -> None:
         while True:
-            loop, sock, bufs, fut = jobs.get()
-            result: Any
-            try:
-                result = sock.sendmsg(bufs, (), socket.MSG_NOSIGNAL)
-            except BlockingIOError:
-                result = 0
-            except OSError as e:
-                result = e
-            # a closed loop (RuntimeError): nobody waits any more
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, fut, result)
+            _serve(*jobs.get())  # a function: nothing of a job outlives it here (its body
+            # is a pooled buffer that goes back to its pool when its last view is dropped)
+
+
+def _serve(
+    loop: asyncio.AbstractEventLoop,
+    sock: socket.socket,
+    bufs: list[memoryview],
+    fut: asyncio.Future[int],
+) -> None:
+    result: Any
+    try:
+        result = sock.sendmsg(bufs, (), socket.MSG_NOSIGNAL)
+    except BlockingIOError:
+        result = 0
+    except BaseException as e:  # whatever it is, the waiting caller gets it; the thread lives
+        result = e
+    # a closed loop (RuntimeError): nobody waits any more
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_settle, fut, result)
 
 
 def _settle(fut: asyncio.Future[int], result: Any) -> None:

@@ -27,7 +27,6 @@ anything is sent.
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,14 +38,13 @@ from multidict import CIMultiDict
 
 from pyengine.targets.body_writer import MAX_BODY_BYTES, ThreadSend
 from pyengine.targets.tls import CertificateProblem, certificate_reason_of
+from pyengine.targets.wake_mark import WakeMark
 
 #: connect timeout, as the aiohttp session's sock_connect
 CONNECT_TIMEOUT_S = 30.0
 #: body slices handed to the transport between drains (as wire._BufferPayload: a whole 8 MiB
 #: block in one write had asyncio copy what the kernel did not take at once)
 SLICE_BYTES = 256 * 1024
-#: a body read into a caller's buffer wakes the loop once this much has arrived (_wake_after)
-RCV_LOWAT_BYTES = 256 * 1024
 #: an answer's head larger than this is not an Azure answer (aiohttp allows 8190 bytes a line)
 MAX_HEAD_BYTES = 64 * 1024
 #: a body that does not go to a caller's buffer (an error document) at most
@@ -62,7 +60,7 @@ def _no_progress() -> None:
     pass
 
 
-class _Connection(asyncio.BufferedProtocol, ThreadSend):
+class _Connection(asyncio.BufferedProtocol, ThreadSend, WakeMark):
     """One keep-alive connection: one exchange at a time, its answer parsed as bytes arrive."""
 
     def __init__(self) -> None:
@@ -89,8 +87,7 @@ class _Connection(asyncio.BufferedProtocol, ThreadSend):
         self._paused = False
         self.status = 0
         self.headers: CIMultiDict[str] = CIMultiDict()
-        self._sock: Any = None  # the transport's socket, for SO_RCVLOWAT
-        self._lowat = 1
+        WakeMark.__init__(self)
 
     # ---- one exchange ---------------------------------------------------------------------
 
@@ -114,6 +111,7 @@ class _Connection(asyncio.BufferedProtocol, ThreadSend):
         if (
             body is not None
             and 0 < body.nbytes <= MAX_BODY_BYTES
+            and body.contiguous
             and self.thread_sends
             and not self.transport.get_write_buffer_size()
         ):
@@ -150,23 +148,9 @@ class _Connection(asyncio.BufferedProtocol, ThreadSend):
         self._progress = _no_progress
         self._raw.clear()
 
-    def _wake_after(self, left: int) -> None:
-        """SO_RCVLOWAT for a body read into a buffer: the loop is woken for a socket read once
-        a large piece has arrived, not for every few KiB (nginx passed a ranged body on in ~12 KiB
-        pieces: 84,000 reads and ~1 CPU-s of the loop per GB). The mark stays a TLS record
-        (and more) under what is left, so the body's last bytes always wake it."""
-        mark = min(RCV_LOWAT_BYTES, left - 2 * 17 * 1024) if left > 4 * 17 * 1024 else 1
-        if mark != self._lowat and self._sock is not None:
-            try:
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(1, mark))
-            except OSError:  # a closed socket; nothing to wake for any more
-                return
-            self._lowat = mark
-
     def _finish(self, exc: BaseException | None = None) -> None:
         self._state = "idle"
-        if self._lowat != 1:
-            self._wake_after(0)  # a head (the next answer's) wakes the loop at once
+        self._reset_mark()  # a head (the next answer's) wakes the loop at once
         answer = self._answer
         if answer is not None and not answer.done():
             if exc is None:
@@ -185,7 +169,7 @@ class _Connection(asyncio.BufferedProtocol, ThreadSend):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self._sock = transport.get_extra_info("socket")
+        self.attach_mark(transport)
         self.attach_socket(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -195,3 +196,70 @@ def test_a_cancelled_exchange_returns_only_once_the_thread_let_go_of_the_body(
             pool.close()
 
     asyncio.run(go())
+
+
+class _FakeSocket:
+    """sendmsg as the test says: a count of bytes taken, or an exception raised."""
+
+    def __init__(self, outcome: int | BaseException) -> None:
+        self.outcome = outcome
+
+    def sendmsg(self, bufs: list[memoryview], *args: Any) -> int:
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+
+def test_the_writer_thread_outlives_an_unexpected_error_and_a_death() -> None:
+    writer = body_writer.BodyWriter()
+    data = memoryview(b"x" * 10)
+
+    async def go() -> None:
+        with pytest.raises(RuntimeError, match="odd"):
+            await writer.send(_FakeSocket(RuntimeError("odd")), [data])  # type: ignore[arg-type]
+        assert await writer.send(_FakeSocket(7), [data]) == 7  # type: ignore[arg-type]
+
+    asyncio.run(go())
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_writer_thread_is_started_again_for_the_next_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writer = body_writer.BodyWriter()
+    real_serve = body_writer._serve
+    deaths: list[int] = []
+
+    def dies_once(*job: Any) -> None:
+        if not deaths:
+            deaths.append(1)
+            raise SystemExit  # not caught by the thread's loop: the thread ends
+        real_serve(*job)
+
+    monkeypatch.setattr(body_writer, "_serve", dies_once)
+
+    async def go() -> int:
+        # the job a thread dies on is lost (its _serve answers every error it can meet)
+        writer.send(_FakeSocket(1), [memoryview(b"a")])  # type: ignore[arg-type]
+        assert writer._thread is not None
+        writer._thread.join(5)  # dead
+        return await asyncio.wait_for(writer.send(_FakeSocket(3), [memoryview(b"b")]), 5)  # type: ignore[arg-type]
+
+    assert asyncio.run(go()) == 3
+    assert deaths == [1]
+
+
+def test_the_writer_thread_keeps_no_reference_to_a_body_it_sent() -> None:
+    """A pooled native buffer goes back to its pool when its last view is dropped: the thread
+    must not hold the last job's views until the next job comes."""
+    writer = body_writer.BodyWriter()
+    body = bytearray(b"y" * 100)
+
+    async def go() -> None:
+        view = memoryview(body)
+        assert await writer.send(_FakeSocket(100), [view]) == 100  # type: ignore[arg-type]
+        view.release()
+
+    asyncio.run(go())
+    time.sleep(0.05)  # the thread returns from the job it has answered
+    body.extend(b"z")  # BufferError while any view of it is alive
