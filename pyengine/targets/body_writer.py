@@ -46,8 +46,8 @@ class BodyWriter:
         self._lock = threading.Lock()
 
     def send(self, sock: socket.socket, bufs: list[memoryview]) -> asyncio.Future[int]:
-        """One non-blocking sendmsg of ``bufs`` in the thread: the future gives the bytes taken
-        (0 when the socket's buffer was full), or the OSError."""
+        """One non-blocking sendmsg of ``bufs`` in the thread, which then closes ``sock``: the
+        future gives the bytes taken (0 when the socket's buffer was full), or the error."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
         self._ensure_thread()
@@ -90,6 +90,8 @@ def _serve(
         result = 0
     except BaseException as e:  # whatever it is, the waiting caller gets it; the thread lives
         result = e
+    finally:
+        sock.close()  # the send's own dup (ThreadSend)
     # a closed loop (RuntimeError): nobody waits any more
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(_settle, fut, result)
@@ -109,17 +111,19 @@ WRITER = BodyWriter()
 
 
 class ThreadSend:
-    """The part of a raw_http connection that sends by the thread: a dup of its plain socket
-    (None over TLS), closed when the connection is lost and the thread is done with it."""
+    """The part of a raw_http connection that sends by the thread: the descriptor of its plain
+    socket (-1 over TLS), dup()'d for each send and closed by the thread after it. A connection
+    so holds one descriptor, and the transport closing its own mid-send cannot hand the thread a
+    number reused by another file."""
 
     def __init__(self) -> None:
-        self._wsock: socket.socket | None = None
-        self._sending = False  # the thread holds _wsock and the caller's body
+        self._fd = -1
+        self._family = self._type = 0
         self.closed = False
 
     @property
     def thread_sends(self) -> bool:
-        return self._wsock is not None and not self.closed
+        return self._fd >= 0 and not self.closed
 
     def attach_socket(self, transport: Any) -> None:
         if transport.get_extra_info("sslcontext") is not None:
@@ -127,21 +131,18 @@ class ThreadSend:
         raw = transport.get_extra_info("socket")
         if raw is None or raw.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
             return
-        self._wsock = socket.socket(fileno=os.dup(raw.fileno()))
-        self._wsock.setblocking(False)  # the same open file: already so; said for the reader
-
-    def close_socket(self) -> None:
-        if self._wsock is not None and not self._sending:
-            self._wsock.close()
-            self._wsock = None
+        self._fd, self._family, self._type = raw.fileno(), raw.family, raw.type
 
     async def send_by_thread(self, head: bytes, body: memoryview) -> int:
-        """Head and body handed to the kernel by the thread: the bytes it took. The thread
-        reads the caller's buffer until it answers, so a cancelled exchange still waits for that
-        answer (one non-blocking syscall) before it lets the buffer go."""
-        assert self._wsock is not None
-        attempt = WRITER.send(self._wsock, [memoryview(head), body])
-        self._sending = True
+        """Head and body handed to the kernel by the thread: the bytes it took (0 when it could
+        not try: the transport then sends them all). The thread reads the caller's buffer until
+        it answers, so a cancelled exchange still waits for that answer (one non-blocking
+        syscall) before it lets the buffer go."""
+        try:  # the same open socket (non-blocking already), under a number of the thread's own
+            sock = socket.socket(self._family, self._type, 0, os.dup(self._fd))
+        except OSError:  # out of descriptors, say: the transport's own path
+            return 0
+        attempt = WRITER.send(sock, [memoryview(head), body])
         try:
             return await asyncio.shield(attempt)
         except asyncio.CancelledError:
@@ -152,7 +153,3 @@ class ThreadSend:
             raise
         except OSError as e:
             raise aiohttp.ClientOSError(e.errno, f"cannot send: {e.strerror or e}") from None
-        finally:
-            self._sending = False
-            if self.closed:
-                self.close_socket()

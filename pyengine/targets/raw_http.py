@@ -174,7 +174,6 @@ class _Connection(asyncio.BufferedProtocol, ThreadSend, WakeMark):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
-        self.close_socket()
         state = self._state
         if state == "to_eof" and exc is None:
             self._finish_collected()
