@@ -318,7 +318,7 @@ def run_download(args: Any, say: Any) -> dict[str, Any]:
         entries += [_store(root, n, os.urandom(256 * 1024), kek) for n in small_names]
         _write_listing(root, entries)
         results: dict[str, Any] = {"encrypt": bool(kek), "runs": []}
-        with FileServer(root, workers=getattr(args, "server_workers", 1)) as server:
+        with FileServer(root, workers=args.server_workers) as server:
             for label, prefix, names in (
                 ("large", "large/", ["large/large.bin"]),
                 ("small", "small/", small_names),

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 def test_bench_download_reports_cpu_seconds_per_gb_of_both_clients(tmp_path):
     args = SimpleNamespace(
         size_bytes=9 * MiB, small_files=3, encrypt=True, threads=2,
-        memory_cap_bytes=64 * MiB, max_concurrency=8, workdir=str(tmp_path),
+        memory_cap_bytes=64 * MiB, max_concurrency=8, workdir=str(tmp_path), server_workers=1,
     )  # fmt: skip
     results = run_download(args, lambda text: None)
     for run in results["runs"]:
