@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from multidict import CIMultiDict
 
-from pyengine.targets.body_writer import MAX_BODY_BYTES, ThreadSend
+from pyengine.targets.body_writer import MAX_BODY_BYTES, GatherSend
 from pyengine.targets.http1 import CHUNKED, UNTIL_CLOSE, dechunk, parse_head, request_head
 from pyengine.targets.tls import CertificateProblem, certificate_reason_of
 from pyengine.targets.wake_mark import WakeMark
@@ -57,13 +57,13 @@ def _no_progress() -> None:
     pass
 
 
-class _Connection(asyncio.BufferedProtocol, ThreadSend, WakeMark):
+class _Connection(asyncio.BufferedProtocol, GatherSend, WakeMark):
     """One keep-alive connection: one exchange at a time, its answer parsed as bytes arrive."""
 
     def __init__(self) -> None:
         self.transport: Any = None
         self.closed = False
-        ThreadSend.__init__(self)
+        GatherSend.__init__(self)
         #: the last answer allows the connection to serve another request
         self.reusable = True
         # the socket's buffer for heads and for bodies that go to bytes; a memoryview, never the
@@ -109,10 +109,11 @@ class _Connection(asyncio.BufferedProtocol, ThreadSend, WakeMark):
             body is not None
             and 0 < body.nbytes <= MAX_BODY_BYTES
             and body.contiguous
-            and self.thread_sends
+            and self.gathers
+            and not self.transport.is_closing()
             and not self.transport.get_write_buffer_size()
         ):
-            sent = await self.send_by_thread(head, body)
+            sent = self.send_gathered(head, body)
             head, first = head[sent:], max(0, sent - len(head))
             if sent:
                 progress()
