@@ -348,9 +348,11 @@ PYBIND11_MODULE(_core, m) {
         p.close();
       });
 
-  // Restore's write path: bound in its own section below (keeps this block's edits to two lines).
+  // Restore's write path and the body sender: bound in their own sections below.
   void bind_writer(py::module_ & m);
   bind_writer(m);
+  void bind_body_sender(py::module_ & m);
+  bind_body_sender(m);
 }
 
 // ---- Restore: the native write path (cpp/writer.hpp) -------------------------------------------
@@ -479,4 +481,74 @@ void bind_writer(py::module_& m) {
       .def("discard", [](PyWriter& w, uint64_t file_id) { w.writer_.discard(file_id); })
       .def("close", [](PyWriter& w) { w.writer_.close(); },
            py::call_guard<py::gil_scoped_release>());
+}
+
+// ---- Small plain-HTTP sends (cpp/body_sender.hpp) ----------------------------------------------
+
+#include "body_sender.hpp"
+
+namespace {
+
+// The Python side of a BodySender: head and body stay exported (alive, unmoved; a bytearray
+// cannot be resized) until their send's completion is polled, and are released there with the
+// GIL held, so a caller that stops waiting (cancelled) cannot free what the thread still reads.
+// send() and poll() keep the GIL: each is a queue step of a microsecond or two, and a GIL
+// released and taken back per small file is a hand-over the loop would wait for.
+class PyBodySender {
+ public:
+  ~PyBodySender() {
+    {
+      py::gil_scoped_release nogil;
+      sender_.close();
+    }
+    held_.clear();
+  }
+
+  // The send's token, or None when it could not be queued (the caller's transport sends).
+  py::object send(int fd, const py::object& head, const py::object& body) {
+    auto h = std::make_unique<InputBuffer>(head);
+    auto b = std::make_unique<InputBuffer>(body);
+    const uint64_t token = ++next_token_;
+    if (!sender_.send(fd, h->data(), h->size(), b->data(), b->size(), token)) return py::none();
+    held_.emplace(token, std::make_pair(std::move(h), std::move(b)));
+    return py::int_(token);
+  }
+
+  py::list poll(size_t max_events) {
+    py::list out;
+    for (const SendDone& d : sender_.poll(max_events)) {
+      held_.erase(d.token);
+      out.append(py::make_tuple(d.token, d.sent_bytes, d.error));
+    }
+    return out;
+  }
+
+  void close() {
+    {
+      py::gil_scoped_release nogil;
+      sender_.close();
+    }
+    // every attempt is made; their completions stay to be polled, their buffers are let go only
+    // there (or when this object goes)
+  }
+
+  BodySender sender_;
+
+ private:
+  uint64_t next_token_ = 0;
+  std::unordered_map<uint64_t, std::pair<std::unique_ptr<InputBuffer>, std::unique_ptr<InputBuffer>>>
+      held_;
+};
+
+}  // namespace
+
+void bind_body_sender(py::module_& m) {
+  py::class_<PyBodySender>(m, "BodySender")
+      .def(py::init<>())
+      .def("send", &PyBodySender::send, py::arg("fd"), py::arg("head"), py::arg("body"))
+      .def("poll", &PyBodySender::poll, py::arg("max_events") = 1024)
+      .def("fileno", [](PyBodySender& s) { return s.sender_.fileno(); })
+      .def("wait", [](PyBodySender& s, double timeout_s) { return s.sender_.wait(timeout_s); },
+           py::arg("timeout_s") = -1.0, py::call_guard<py::gil_scoped_release>())
+      .def("close", &PyBodySender::close);
 }

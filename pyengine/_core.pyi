@@ -153,6 +153,19 @@ class RangeDone:
     reason: str  # "" when ok
     cv: bytes | None  # BLAKE3 subtree chaining value of a checked range that is not the last
 
+class BodySender:
+    """Small plain-HTTP sends by a native thread: one non-blocking sendmsg of head and body on
+    a dup() of ``fd``. ``send`` gives a token (None when ``fd`` cannot be duplicated);
+    ``poll`` gives (token, bytes the kernel took, errno or 0) of finished attempts. Head and
+    body stay exported until their completion is polled."""
+
+    def __init__(self) -> None: ...
+    def send(self, fd: int, head: Buffer, body: Buffer) -> int | None: ...
+    def poll(self, max_events: int = 1024) -> list[tuple[int, int, int]]: ...
+    def fileno(self) -> int: ...
+    def wait(self, timeout_s: float = -1.0) -> bool: ...
+    def close(self) -> None: ...
+
 class Writer:
     """Restore's write path: worker threads check (CRC64, GCM tags), decrypt, hash (BLAKE3 tree
     pieces) and pwrite downloaded ranges. ``data`` stays exported until its event is polled.

@@ -18,3 +18,5 @@ extern int g_checks;
 
 // cpp/tests/test_listing.cpp
 void test_listing_pages();
+// cpp/tests/test_body_sender.cpp
+void test_body_sender();

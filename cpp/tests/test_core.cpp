@@ -388,6 +388,7 @@ int main() {
   test_done_reports_identity_seen_at_open();
   test_rewrite_in_place_with_mtime_restored_is_changed();
   test_listing_pages();
+  test_body_sender();
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from multidict import CIMultiDict
 
-from pyengine.targets.body_writer import MAX_BODY_BYTES, GatherSend
+from pyengine.targets.body_writer import MAX_BODY_BYTES, GatherSend, NativeSends
 from pyengine.targets.http1 import CHUNKED, UNTIL_CLOSE, dechunk, parse_head, request_head
 from pyengine.targets.tls import CertificateProblem, certificate_reason_of
 from pyengine.targets.wake_mark import WakeMark
@@ -113,7 +113,7 @@ class _Connection(asyncio.BufferedProtocol, GatherSend, WakeMark):
             and not self.transport.is_closing()
             and not self.transport.get_write_buffer_size()
         ):
-            sent = self.send_gathered(head, body)
+            sent = await self.send_gathered(head, body)
             head, first = head[sent:], max(0, sent - len(head))
             if sent:
                 progress()
@@ -327,6 +327,7 @@ class HttpPool:
         self._ssl = (ssl_ctx or ssl.create_default_context()) if https else None
         self._limit = limit
         self._idle: list[_Connection] = []
+        self._sends: NativeSends | None = None  # the first plain connection starts it
 
     async def request(
         self,
@@ -385,11 +386,18 @@ class HttpPool:
             raise aiohttp.ClientOSError(
                 e.errno, f"Cannot connect to host {self._host}:{self._port} [{e.strerror or e}]"
             ) from None
+        if conn.gathers:
+            if self._sends is None:
+                self._sends = NativeSends(loop)
+            conn.sends = self._sends
         return conn
 
     def close(self) -> None:
         while self._idle:
             self._idle.pop().transport.close()
+        if self._sends is not None:
+            self._sends.close()
+            self._sends = None
 
 
 def _byte_view(body: bytes | memoryview) -> memoryview:

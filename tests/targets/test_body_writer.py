@@ -1,7 +1,8 @@
 """body_writer.py: a plain-HTTP request's head and body go to the kernel in one non-blocking
-writev on the loop's thread; what it does not take goes by the transport. The bytes on the wire are
-exactly the request's, a peer that stops reading or answers early never blocks the loop, and a send
-error is the connection's error."""
+sendmsg by the pool's native thread; what it does not take goes by the transport. The bytes on the
+wire are exactly the request's, a peer that stops reading or answers early never blocks anything,
+a send error is the connection's error, and the thread holds the body until its attempt is
+answered, also when the caller was cancelled."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from pyengine.targets.body_writer import MAX_BODY_BYTES, GatherSend
+from pyengine.targets.body_writer import MAX_BODY_BYTES, GatherSend, NativeSends
 from pyengine.targets.raw_http import HttpPool
 
 CREATED = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
@@ -45,8 +46,8 @@ def _spy_sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     seen: list[tuple[int, int]] = []
     real = GatherSend.send_gathered
 
-    def spy(self: GatherSend, head: bytes, body: memoryview) -> int:
-        sent = real(self, head, body)
+    async def spy(self: GatherSend, head: bytes, body: memoryview) -> int:
+        sent = await real(self, head, body)
         seen.append((sent, len(head) + body.nbytes))
         return sent
 
@@ -81,7 +82,7 @@ def test_the_bytes_on_the_wire_are_the_requests_whoever_sends_them(
             return status
 
     assert asyncio.run(go()) == 201
-    # up to MAX_BODY_BYTES one writev sent head and body (all of it, or the transport the rest);
+    # up to MAX_BODY_BYTES one sendmsg sent head and body (all of it, or the transport the rest);
     # above, never
     assert len(seen) == (1 if size <= MAX_BODY_BYTES else 0)
     if size <= 256 * 1024 + 28:  # a loopback socket's buffer takes these whole
@@ -120,7 +121,7 @@ def test_what_the_kernel_did_not_take_goes_by_the_transport(
             assert status == 201 and got == [body]
 
     asyncio.run(go())
-    assert seen and seen[0][0] < seen[0][1], seen  # the writev fell short
+    assert seen and seen[0][0] < seen[0][1], seen  # the sendmsg fell short
 
 
 def test_an_answer_before_the_body_is_read_ends_the_exchange_without_hanging() -> None:
@@ -153,22 +154,54 @@ def test_an_answer_before_the_body_is_read_ends_the_exchange_without_hanging() -
 
 
 def test_a_full_socket_buffer_takes_nothing_and_a_dead_peer_is_a_connection_error() -> None:
-    ours, peer = socket.socketpair()
-    with ours, peer:
-        ours.setblocking(False)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                ours.send(b"f" * 4096)
-        send = GatherSend()
-        send._fd = ours.fileno()
-        assert send.gathers
-        assert send.send_gathered(b"head", memoryview(b"body")) == 0  # full: nothing taken
-        peer.close()
-        with pytest.raises(aiohttp.ClientOSError, match="cannot send"):
-            send.send_gathered(b"head", memoryview(b"body"))
-        send.closed = True
-        assert not send.gathers
+    async def go() -> None:
+        ours, peer = socket.socketpair()
+        with ours, peer:
+            ours.setblocking(False)
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    ours.send(b"f" * 4096)
+            send = GatherSend()
+            send._fd = ours.fileno()
+            send.sends = NativeSends(asyncio.get_running_loop())
+            assert send.gathers
+            assert await send.send_gathered(b"head", memoryview(b"body")) == 0  # full
+            peer.close()
+            with pytest.raises(aiohttp.ClientOSError, match="cannot send"):
+                await send.send_gathered(b"head", memoryview(b"body"))
+            send.sends.close()
+            send.closed = True
+            assert not send.gathers
+
+    asyncio.run(go())
+
+
+def test_the_thread_holds_the_body_until_its_attempt_is_answered_even_if_nobody_waits() -> None:
+    """The body is a pooled native buffer in a real job: it must stay exported while the thread
+    may read it, and be let go once the attempt is answered, whether its caller still waits."""
+
+    async def go() -> None:
+        ours, peer = socket.socketpair()
+        with ours, peer:
+            sends = NativeSends(asyncio.get_running_loop())
+            body = bytearray(b"b" * 1000)
+            attempt = sends.send(ours.fileno(), b"head", memoryview(body))
+            assert attempt is not None
+            with pytest.raises(BufferError):  # exported while the attempt is out
+                body.extend(b"x")
+            assert await attempt == (1004, 0)
+            body.extend(b"x")  # answered: let go
+
+            cancelled = bytearray(b"c" * 1000)
+            attempt = sends.send(ours.fileno(), b"head", memoryview(cancelled))
+            assert attempt is not None
+            attempt.cancel()  # its caller went away: the thread still reads the body
+            sends.close()  # makes the attempt, answers it, lets go of it
+            cancelled.extend(b"x")
+            assert peer.recv(4096).startswith(b"head" + b"b" * 1000)
+
+    asyncio.run(go())
 
 
 def test_a_tls_connection_does_not_gather() -> None:
@@ -181,9 +214,10 @@ def test_a_tls_connection_does_not_gather() -> None:
     assert not send.gathers
 
 
-def test_a_kept_connection_holds_one_descriptor_whatever_it_sent() -> None:
-    """Gathered sends write on the transport's own descriptor: 50 Puts on one kept connection
-    leave one descriptor open, not two (a policy's lanes run 64 connections each)."""
+def test_a_kept_connection_holds_one_descriptor_and_a_closed_pool_no_thread() -> None:
+    """Each send works on a dup the thread closes after its attempt: 50 Puts on one kept
+    connection leave one descriptor open, not two (a policy's lanes run 64 connections each);
+    closing the pool stops its thread."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for _ in range(50):
@@ -214,7 +248,9 @@ def test_a_kept_connection_holds_one_descriptor_whatever_it_sent() -> None:
                 assert status == 201
             (conn,) = pool._idle
             held = descriptors_of(conn.transport.get_extra_info("socket").fileno())
+            threads = len(os.listdir("/proc/self/task"))
             pool.close()
+            assert len(os.listdir("/proc/self/task")) == threads - 1  # the sender's is gone
             return held
 
     assert asyncio.run(go()) == 1
