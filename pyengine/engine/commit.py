@@ -89,7 +89,7 @@ class Commits:
         self, task: FileTask
     ) -> tuple[str | None, dict[str, str] | None, dict[str, str]]:
         """Tier, index tags and the other properties (as commit headers) one file's blob gets.
-        ``task.done.head`` holds the file's leading plaintext bytes (HEAD_BYTES) for sniffing.
+        ``task.done.head`` holds the file's leading plaintext bytes (SNIFF_BYTES at least).
         Under a policy the file's placement decides tier, tags and immutability (self.place)."""
         opts = self.ctx.options
         # Put Blob and Put Block List both take x-ms-blob-content-type; an encrypted blob gets

@@ -30,6 +30,8 @@ OCTET_STREAM = "application/octet-stream"
 #: PS3.10 7.1: the File Meta Information starts with a 128-byte preamble and the 4-byte "DICM"
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
+#: the leading bytes content_type_for looks at
+SNIFF_BYTES = DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)
 #: what a compressed file is stored as (mimetypes calls these encodings)
 _COMPRESSED_TYPES = {
     "gzip": "application/gzip",
