@@ -61,17 +61,20 @@ class NativeSends:
         self._waiting[token] = fut
         return fut
 
-    def _drain(self) -> None:
-        for token, sent, error in self._sender.poll():
+    def _drain(self) -> int:
+        done = self._sender.poll()
+        for token, sent, error in done:
             fut = self._waiting.pop(token, None)
             if fut is not None and not fut.done():  # done: its caller was cancelled
                 fut.set_result((sent, error))
+        return len(done)
 
     def close(self) -> None:
         """Makes the queued attempts, stops the thread, and answers (and lets go of) them all."""
         self._loop.remove_reader(self._fd)
         self._sender.close()
-        self._drain()
+        while self._drain():
+            pass
 
 
 class GatherSend:
