@@ -9,12 +9,13 @@
 
 namespace pyengine {
 
-BodySender::BodySender() : thread_([this] { run(); }) {}
+BodySender::BodySender() : owner_pid_(::getpid()), thread_([this] { run(); }) {}
 
 BodySender::~BodySender() { close(); }
 
 bool BodySender::send(int fd, const uint8_t* head, size_t head_bytes, const uint8_t* body,
                       size_t body_bytes, uint64_t token) {
+  if (::getpid() != owner_pid_) return false;
   const int own = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (own < 0) return false;
   {
@@ -30,6 +31,11 @@ bool BodySender::send(int fd, const uint8_t* head, size_t head_bytes, const uint
 }
 
 void BodySender::close() {
+  if (::getpid() != owner_pid_) {
+    // a forked child: the thread is the parent's, and joining it would wait forever
+    if (thread_.joinable()) thread_.detach();
+    return;
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     closing_ = true;

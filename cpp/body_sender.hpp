@@ -7,7 +7,12 @@
 // writes the rest through its transport, so a slow or stalled peer never blocks this thread.
 // Each send works on a dup() of the caller's descriptor, made at submit time and closed after
 // the attempt: the caller closing its own mid-send cannot hand this thread a reused number.
+//
+// A forked child inherits the object but not its thread (nor, maybe, an unlocked mutex): there
+// send() refuses (the caller's transport sends) and close() lets the thread object go unjoined.
 #pragma once
+
+#include <sys/types.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -35,7 +40,8 @@ class BodySender {
   BodySender& operator=(const BodySender&) = delete;
 
   // Queues one attempt. The two ranges must stay valid until its SendDone is polled. False when
-  // the descriptor cannot be duplicated (out of descriptors, a closed one): nothing is queued.
+  // the descriptor cannot be duplicated (out of descriptors, a closed one), after close(), or in
+  // a forked child: nothing is queued.
   bool send(int fd, const uint8_t* head, size_t head_bytes, const uint8_t* body,
             size_t body_bytes, uint64_t token);
 
@@ -61,6 +67,7 @@ class BodySender {
   std::condition_variable cv_;
   std::deque<Job> jobs_;
   bool closing_ = false;
+  pid_t owner_pid_;
   CompletionQueue<SendDone> done_;
   std::thread thread_;
 };

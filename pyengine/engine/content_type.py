@@ -15,7 +15,8 @@ application/dicom does not cover: it falls through to 3, where the built-in tabl
 
 Encrypted blobs get the type of their plaintext: the readers of client-side encryption (the
 Azure SDKs, pyengine verify --deep) hand back plaintext, and the ciphertext has no type of its
-own. The head is the plaintext head the native core hands back with the file (send.HEAD_BYTES).
+own. The head is the plaintext head the native core hands back with the file (SNIFF_BYTES of it
+at least, see send.py).
 """
 
 from __future__ import annotations

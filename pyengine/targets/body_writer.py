@@ -48,7 +48,11 @@ class NativeSends:
         self._sender = _core.BodySender()
         self._waiting: dict[int, asyncio.Future[tuple[int, int]]] = {}
         self._fd = self._sender.fileno()
-        loop.add_reader(self._fd, self._drain)
+        try:
+            loop.add_reader(self._fd, self._drain)
+        except BaseException:
+            self._sender.close()
+            raise
 
     def send(
         self, fd: int, head: bytes, body: memoryview

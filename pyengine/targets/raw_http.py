@@ -27,6 +27,7 @@ anything is sent.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,6 +40,8 @@ from pyengine.targets.body_writer import MAX_BODY_BYTES, GatherSend, NativeSends
 from pyengine.targets.http1 import CHUNKED, UNTIL_CLOSE, dechunk, parse_head, request_head
 from pyengine.targets.tls import CertificateProblem, certificate_reason_of
 from pyengine.targets.wake_mark import WakeMark
+
+log = logging.getLogger("pyengine")
 
 #: connect timeout, as the aiohttp session's sock_connect
 CONNECT_TIMEOUT_S = 30.0
@@ -328,6 +331,8 @@ class HttpPool:
         self._limit = limit
         self._idle: list[_Connection] = []
         self._sends: NativeSends | None = None  # the first plain connection starts it
+        #: no native sender for this pool: it is closed, or one could not be started
+        self._no_sends = False
 
     async def request(
         self,
@@ -386,13 +391,19 @@ class HttpPool:
             raise aiohttp.ClientOSError(
                 e.errno, f"Cannot connect to host {self._host}:{self._port} [{e.strerror or e}]"
             ) from None
-        if conn.gathers:
+        if conn.gathers and not self._no_sends:
             if self._sends is None:
-                self._sends = NativeSends(loop)
+                try:
+                    self._sends = NativeSends(loop)
+                except (OSError, RuntimeError) as e:  # out of descriptors or threads, say
+                    log.debug("no native body sender, the transport sends: %s", e)
+                    self._no_sends = True
             conn.sends = self._sends
         return conn
 
     def close(self) -> None:
+        # a request still connecting when the pool closes starts no sender that nobody closes
+        self._no_sends = True
         while self._idle:
             self._idle.pop().transport.close()
         if self._sends is not None:
