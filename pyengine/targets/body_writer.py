@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -81,6 +82,10 @@ class NativeSends:
             pass
 
 
+#: the pool's sender, started on first use (None: none can be, the transport sends)
+SendsOf = Callable[[], "NativeSends | None"]
+
+
 class GatherSend:
     """The part of a raw_http connection that writes head and body together: the descriptor of
     its plain socket (-1 over TLS), owned by the transport and used only while it is open."""
@@ -88,8 +93,8 @@ class GatherSend:
     def __init__(self) -> None:
         self._fd = -1
         self.closed = False
-        #: the pool's native sender (set for a plain socket by the pool that opened it)
-        self.sends: NativeSends | None = None
+        #: the pool's way to a native sender (set for a plain socket by the pool that opened it)
+        self.sends: SendsOf | None = None
 
     @property
     def gathers(self) -> bool:
@@ -107,9 +112,10 @@ class GatherSend:
         """Head and body in one non-blocking sendmsg by the native thread: the bytes the kernel
         took (0 when its buffer was full or no attempt could be made: the transport then sends
         them all). The thread holds its own references to both until it is done."""
-        if self.sends is None:
+        sends = None if self.sends is None else self.sends()
+        if sends is None:
             return 0
-        attempt = self.sends.send(self._fd, head, body)
+        attempt = sends.send(self._fd, head, body)
         if attempt is None:
             return 0
         sent, error = await attempt

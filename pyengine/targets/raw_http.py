@@ -330,7 +330,7 @@ class HttpPool:
         self._ssl = (ssl_ctx or ssl.create_default_context()) if https else None
         self._limit = limit
         self._idle: list[_Connection] = []
-        self._sends: NativeSends | None = None  # the first plain connection starts it
+        self._sends: NativeSends | None = None  # the first small plain-HTTP body starts it
         #: no native sender for this pool: it is closed, or one could not be started
         self._no_sends = False
 
@@ -391,15 +391,20 @@ class HttpPool:
             raise aiohttp.ClientOSError(
                 e.errno, f"Cannot connect to host {self._host}:{self._port} [{e.strerror or e}]"
             ) from None
-        if conn.gathers and not self._no_sends:
-            if self._sends is None:
-                try:
-                    self._sends = NativeSends(loop)
-                except (OSError, RuntimeError) as e:  # out of descriptors or threads, say
-                    log.debug("no native body sender, the transport sends: %s", e)
-                    self._no_sends = True
-            conn.sends = self._sends
+        if conn.gathers:
+            conn.sends = self._native_sends
         return conn
+
+    def _native_sends(self) -> NativeSends | None:
+        """The pool's sender, started by the first body it sends (a pool that only reads, as
+        restore's, starts no thread); None once the pool is closed or none could be started."""
+        if self._sends is None and not self._no_sends:
+            try:
+                self._sends = NativeSends(asyncio.get_running_loop())
+            except (OSError, RuntimeError) as e:  # out of descriptors or threads, say
+                log.debug("no native body sender, the transport sends: %s", e)
+                self._no_sends = True
+        return self._sends
 
     def close(self) -> None:
         # a request still connecting when the pool closes starts no sender that nobody closes

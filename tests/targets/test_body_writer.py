@@ -166,13 +166,14 @@ def test_a_full_socket_buffer_takes_nothing_and_a_dead_peer_is_a_connection_erro
                     ours.send(b"f" * 4096)
             send = GatherSend()
             send._fd = ours.fileno()
-            send.sends = NativeSends(asyncio.get_running_loop())
+            sends = NativeSends(asyncio.get_running_loop())
+            send.sends = lambda: sends
             assert send.gathers
             assert await send.send_gathered(b"head", memoryview(b"body")) == 0  # full
             peer.close()
             with pytest.raises(aiohttp.ClientOSError, match="cannot send"):
                 await send.send_gathered(b"head", memoryview(b"body"))
-            send.sends.close()
+            sends.close()
             send.closed = True
             assert not send.gathers
 
@@ -383,3 +384,27 @@ def test_a_forked_child_sends_by_the_transport_and_closes_without_waiting() -> N
             return os.waitstatus_to_exitcode(status)
 
     assert asyncio.run(go()) == 0
+
+
+def test_a_pool_that_only_reads_starts_no_sender_thread() -> None:
+    """Restore's pools only GET: no thread for them."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async def go() -> tuple[int, int]:
+        server, origin = await _server(serve)
+        async with server:
+            pool = HttpPool(origin, None)
+            threads = len(os.listdir("/proc/self/task"))
+            status, _, content = await pool.request("GET", "/c/b", {})
+            assert (status, bytes(content)) == (200, b"ok")
+            after = len(os.listdir("/proc/self/task"))
+            pool.close()
+            return threads, after
+
+    threads, after = asyncio.run(go())
+    assert after == threads
