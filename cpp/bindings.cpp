@@ -548,7 +548,5 @@ void bind_body_sender(py::module_& m) {
       .def("send", &PyBodySender::send, py::arg("fd"), py::arg("head"), py::arg("body"))
       .def("poll", &PyBodySender::poll, py::arg("max_events") = 1024)
       .def("fileno", [](PyBodySender& s) { return s.sender_.fileno(); })
-      .def("wait", [](PyBodySender& s, double timeout_s) { return s.sender_.wait(timeout_s); },
-           py::arg("timeout_s") = -1.0, py::call_guard<py::gil_scoped_release>())
       .def("close", &PyBodySender::close);
 }
