@@ -178,6 +178,9 @@ class Dispatcher:
             return
         for ack in result["acks"]:
             self._apply_ack(waiting, ack)
+        if result.get("progress_bytes"):  # a file done between two flushes of its worker
+            path, done = waiting.item.src.rel_path, result["progress_bytes"]
+            self.ctx.emit("progress", path=path, bytes=done)
         waiting.future.set_result(result)
         left = self._unanswered.get(waiting.shard_key)
         if left is None:

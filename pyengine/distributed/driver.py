@@ -184,6 +184,7 @@ class DistributedJob(_Job):
             options=dataclasses.replace(opts, kek=None, old_keks=()),
             env={k: os.environ[k] for k in CREDENTIAL_ENV if k in os.environ},
             reruns=self.cluster.reruns,
+            progress=ctx.on_event is not None,
         )
         dispatcher = Dispatcher(self.client, setup, ctx, self.workers)
         self.sender.dispatcher = dispatcher  # type: ignore[attr-defined]

@@ -12,12 +12,15 @@ security settings protect (README "Scale-out with Dask").
 Events are msgpack-able tuples (Dask's event log carries them), each tagged with its kind:
 - ("ack", file_id, index, length_bytes, crc64, xxh3_128): the service acknowledged a block;
 - ("committing", file_id): the commit request is about to be sent;
-- ("progress", file_id, bytes): plaintext bytes of the file are done (sent or resumed);
+- ("progress", file_id, bytes): plaintext bytes of the file done (sent or resumed) since its
+  last progress event; only when the driver has a listener, and summed per file between
+  flushes: a small file's progress rides in its result instead (``progress_bytes``);
 - ("done", file_id, result): the file's result (a dict, see :func:`file_result`).
 """
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -54,6 +57,8 @@ class SetUp:
     env: dict[str, str] = field(repr=False)
     #: the scheduler may run a shard again after its worker died (cluster.Cluster.reruns)
     reruns: bool = True
+    #: the driver has a listener for progress events (without one, none are sent)
+    progress: bool = True
 
     @property
     def topic(self) -> str:
@@ -124,11 +129,45 @@ def _work_item(src: tuple[Any, ...], *rest: Any) -> WorkItem:
     return WorkItem(SourceFile(*src), *rest)
 
 
-@dataclass(frozen=True)
 class Shard:
-    #: the Dask key of the shard's task: one per submission, so a retry is a new task
-    key: str
-    items: list[WorkItem]
+    """The files of one Dask task. They travel as one pickled payload, made once by the driver
+    and decoded once, by the worker that runs the shard: the scheduler unpickles a task's
+    arguments and pickles them again for the worker, which for a list of WorkItems showed as a
+    tenth of the driver's CPU a small file (the scheduler runs in the driver's process)."""
+
+    __slots__ = ("_items", "_payload", "key")
+
+    def __init__(
+        self, key: str, items: list[WorkItem] | None = None, *, payload: bytes | None = None
+    ) -> None:
+        if (items is None) == (payload is None):
+            raise ValueError("a shard is made of its items or of their payload")
+        #: the Dask key of the shard's task: one per submission, so a retry is a new task
+        self.key = key
+        self._items = items
+        self._payload = payload
+
+    @property
+    def items(self) -> list[WorkItem]:
+        if self._items is None:
+            assert self._payload is not None
+            self._items = pickle.loads(self._payload)
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:  # the payload holds content keys: never shown
+        return f"Shard({self.key!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._payload is None:
+            self._payload = pickle.dumps(self._items, protocol=pickle.HIGHEST_PROTOCOL)
+        return (_shard, (self.key, self._payload))
+
+
+def _shard(key: str, payload: bytes) -> Shard:
+    return Shard(key, payload=payload)
 
 
 def file_result(
@@ -140,11 +179,13 @@ def file_result(
     blake3_hex: str | None = None,
     acks: list[tuple[int, int, int, bytes]] | None = None,
     blocks_resumed: int = 0,
+    progress_bytes: int = 0,
 ) -> dict[str, Any]:
     """A file's result: status "copied" | "failed" | "changed" | "foreign" (the driver reads it
     again or discards another tool's blocks, as in one process) | "lost" (its worker died or
     its shard failed: the driver retries it from its journal). ``acks`` are the blocks this
-    attempt had acknowledged, so the driver journals every one even if an event was late."""
+    attempt had acknowledged, so the driver journals every one even if an event was late;
+    ``progress_bytes`` the file's progress not sent as a "progress" event yet."""
     return {
         "file_id": file_id,
         "status": status,
@@ -153,6 +194,7 @@ def file_result(
         "blake3_hex": blake3_hex,
         "acks": acks or [],
         "blocks_resumed": blocks_resumed,
+        "progress_bytes": progress_bytes,
     }
 
 

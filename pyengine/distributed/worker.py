@@ -113,6 +113,8 @@ def close_engine(token: str) -> dict[str, float] | None:
 class _FileState:
     rel_path: str
     acks: list[tuple[int, int, int, bytes]] = field(default_factory=list)
+    #: progress bytes not sent yet (WorkerEngine.flush_events, or the file's result)
+    progress: int = 0
     #: (status, reason, etag, blake3_hex) once the Sender counted the file
     outcome: tuple[str, str | None, str | None, str | None] | None = None
 
@@ -188,13 +190,16 @@ class RelayContext(JobContext):
     """The Sender's context in a worker: outcomes and progress go to the engine's files."""
 
     engine: WorkerEngine | None = None
+    #: the driver has a listener: progress is summed per file (WorkerEngine.flush_events)
+    progress: bool = True
 
     def emit(self, kind: str, path: str | None = None, **kw: Any) -> None:
         engine = self.engine
-        if kind == "progress" and engine is not None and path is not None:
+        if kind == "progress" and self.progress and engine is not None and path is not None:
             file_id = engine.by_path.get(path)
-            if file_id is not None:
-                engine.event(("progress", file_id, int(kw.get("bytes") or 0)))
+            state = engine.files.get(file_id) if file_id is not None else None
+            if state is not None:
+                state.progress += int(kw.get("bytes") or 0)
 
     async def outcome(self, rel_path: str, status: str, **kw: Any) -> None:  # type: ignore[override]
         engine, record = self.engine, kw.get("record")
@@ -284,6 +289,7 @@ class WorkerEngine:
         async with open_target(setup.dest, credential, opts, profile=profile) as target:
             with _core.Pipeline(opts.threads, opts.memory_cap_bytes, opts.direct_io) as pipeline:
                 ctx = RelayContext(source="", dest=setup.dest, options=opts, on_event=None)
+                ctx.progress = setup.progress
                 ctx.engine = self
                 ctx.store = target
                 ctx.journal = RelayJournal(self)  # type: ignore[assignment]
@@ -314,6 +320,7 @@ class WorkerEngine:
 
     def run(self, shard: Shard) -> int:
         """Runs a shard on the engine's loop (from the Dask task's thread) and waits for it."""
+        shard.items  # noqa: B018  (its payload is decoded here, not on the engine's loop)
         return asyncio.run_coroutine_threadsafe(self._spawn(shard), self.loop).result()
 
     def close(self) -> dict[str, float]:
@@ -374,6 +381,7 @@ class WorkerEngine:
                 blake3_hex=blake3_hex,
                 acks=state.acks,
                 blocks_resumed=max(0, len(task.acked) - len(state.acks)),
+                progress_bytes=state.progress,
             )
             self.event(("done", file_id, result))
             return result
@@ -384,6 +392,11 @@ class WorkerEngine:
         self._batch.add(event)
 
     def flush_events(self) -> None:
+        """Sends the events waiting, with each file's progress since its last flush."""
+        for file_id, state in self.files.items():
+            if state.progress:
+                self._batch.add(("progress", file_id, state.progress))
+                state.progress = 0
         self._batch.flush()
 
     async def _flush_periodically(self) -> None:
