@@ -17,10 +17,10 @@ log = logging.getLogger("pyengine")
 
 #: how long a job waits for an existing cluster to show its first worker
 WORKERS_WAIT_S = 60.0
-#: Dask threads per embedded worker: shards running at once per worker. A shard's thread only
-#: waits for the worker's engine (one event loop, one pipeline, one memory cap), so more
-#: threads cost nothing but let the next shards' files join the engine's window while the
-#: last file of a shard (a large one) is still being sent.
+#: Dask threads per embedded worker: shards running at once per worker. A shard is a coroutine
+#: on the worker's event loop (worker.run_shard) that only waits for the worker's engine (one
+#: pipeline, one memory cap), so more cost nothing but let the next shards' files join the
+#: engine's window while the last file of a shard (a large one) is still being sent.
 THREADS_PER_WORKER = 4
 
 

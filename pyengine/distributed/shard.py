@@ -101,8 +101,8 @@ class WorkItem:
     def __reduce__(self) -> tuple[Any, ...]:
         # SourceFile is a frozen dataclass with slots: pickle's default rebuilds each one field
         # by field through dataclasses.fields(), which showed in the worker's profile (a shard
-        # of 64 files is unpickled in Dask's loop, beside the engine's thread). Its values as a
-        # tuple are rebuilt by one constructor call.
+        # of 64 files is unpickled on the worker's loop, which the engine shares). Its values
+        # as a tuple are rebuilt by one constructor call.
         src = tuple(getattr(self.src, name) for name in _SOURCE_FIELDS)
         return (
             _work_item,

@@ -15,11 +15,9 @@ and the driver submits the shard anew, built from its journal as it is now.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
+import inspect
 import logging
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,46 +46,60 @@ EVENT_FLUSH_S = 0.05
 EVENT_ANSWER_S = 0.005
 DRAINED_FILES = 8
 
-_ENGINES: dict[str, WorkerEngine] = {}
-_ENGINES_LOCK = threading.Lock()
+#: this process's engines by job token (each opened once, on the worker's event loop)
+_ENGINES: dict[str, asyncio.Future[WorkerEngine]] = {}
 
 
 class StaleShard(RuntimeError):
     """Dask re-ran a shard after its worker died: the driver builds it anew from its journal."""
 
 
-def run_shard(setup: SetUp, shard: Shard) -> int:
+async def run_shard(setup: SetUp, shard: Shard) -> int:
     """The Dask task: sends a shard's files on this process's engine; how many it answered
-    (their results went to the driver as events)."""
+    (their results went to the driver as events). A coroutine: Dask runs it on the worker's
+    own event loop, where the engine runs too (WorkerEngine says why)."""
     from distributed import get_client, get_worker
 
     if setup.reruns:
         # scheduler metadata marks a shard as started: a second start is Dask's own retry
         client = get_client()
         seen_key = [setup.topic, shard.key]
-        if client.get_metadata(seen_key, default=None) is not None:
+        if await _maybe_await(client.get_metadata(seen_key, default=None)) is not None:
             raise StaleShard(f"shard {shard.key} was started before (its worker died)")
-        client.set_metadata(seen_key, 1)
-    return _engine(setup, get_worker()).run(shard)
+        await _maybe_await(client.set_metadata(seen_key, 1))
+    engine = await _engine(setup, get_worker())
+    return await engine.run(shard)
 
 
-def _engine(setup: SetUp, worker: Any) -> WorkerEngine:
-    """This process's engine of the job, opened on first use."""
-    with _ENGINES_LOCK:
-        engine = _ENGINES.get(setup.token)
-        if engine is None or engine.broken:
-            engine = _ENGINES[setup.token] = WorkerEngine(setup, worker)
-        return engine
+async def _maybe_await(value: Any) -> Any:
+    """A Dask client's answer: awaited when the client is asynchronous (it is on the worker's
+    loop), as is when it is not."""
+    return await value if inspect.isawaitable(value) else value
+
+
+async def _engine(setup: SetUp, worker: Any) -> WorkerEngine:
+    """This process's engine of the job, opened on first use (once, whoever asks first; an
+    engine that failed to open or stopped is opened anew by the next shard)."""
+    opening = _ENGINES.get(setup.token)
+    if opening is None or _unusable(opening):
+        opening = _ENGINES[setup.token] = asyncio.ensure_future(WorkerEngine.open(setup, worker))
+    # shielded: a cancelled shard does not cancel an opening other shards wait for
+    return await asyncio.shield(opening)
+
+
+def _unusable(opening: asyncio.Future[WorkerEngine]) -> bool:
+    if not opening.done():
+        return False
+    return opening.cancelled() or opening.exception() is not None or opening.result().broken
 
 
 async def open_engine(setup: SetUp, dask_worker: Any = None) -> bool:
     """Client.run on every worker as a job starts (Dask passes ``dask_worker``): the engine
-    (its connections, pipeline and loop) opens while the driver scans and decides the first
-    files, not when the first shard comes. True once open; a failure is left for the first
-    shard to meet and report."""
-    loop = asyncio.get_running_loop()
-    try:  # off the worker's event loop: opening waits for the engine's own thread
-        await loop.run_in_executor(None, _engine, setup, dask_worker)
+    (its connections and pipeline) opens while the driver scans and decides the first files,
+    not when the first shard comes. True once open; a failure is left for the first shard to
+    meet and report."""
+    try:
+        await _engine(setup, dask_worker)
     except Exception:  # the first shard opens it again and reports why
         return False
     return True
@@ -101,12 +113,17 @@ def warm_up() -> int:
     return os.getpid()
 
 
-def close_engine(token: str) -> dict[str, float] | None:
+async def close_engine(token: str) -> dict[str, float] | None:
     """Closes this process's engine of a job (Client.run at the job's end): its target's
     retry figures, or None when this process had none."""
-    with _ENGINES_LOCK:
-        engine = _ENGINES.pop(token, None)
-    return engine.close() if engine is not None else None
+    opening = _ENGINES.pop(token, None)
+    if opening is None:
+        return None
+    try:
+        engine = await opening
+    except Exception:  # it never opened: nothing to close
+        return None
+    return await engine.close()
 
 
 @dataclass
@@ -125,8 +142,8 @@ class EventBatch:
     commit), and EVENT_ANSWER_S after a file's answer once the engine has drained (``busy()``
     is false: its last files, a small job): the driver waits for those answers (the job's end,
     its window of files). While the engine is busy, answers wait for the periodic flush: each
-    batch handed to Dask costs the engine's thread a wake-up of the worker's loop and a GIL
-    hand-over (about 5 % of a busy worker's samples at one batch per answer)."""
+    batch is a message to the scheduler, which relays it to the driver (encoded and decoded on
+    each hop), so fewer, fuller batches cost the worker and the driver less a file."""
 
     def __init__(
         self,
@@ -242,8 +259,10 @@ class WorkerSender(Sender):
 
 
 class WorkerEngine:
-    """A job's engine in one worker process: an event loop in a thread of its own, opened once
-    and kept for the job's shards."""
+    """A job's engine in one worker process, opened once and kept for the job's shards. It runs
+    on the Dask worker's own event loop, as the shards do (run_shard is a coroutine): an engine
+    in a thread of its own made two busy loops in one process take turns at the GIL, and its
+    worker took as much CPU a file as a whole job in one process."""
 
     def __init__(self, setup: SetUp, worker: Any) -> None:
         self.setup = setup
@@ -253,36 +272,40 @@ class WorkerEngine:
         self.by_path: dict[str, int] = {}
         self._stats: dict[str, float] = {}
         self._shard_tasks: set[asyncio.Task[Any]] = set()
-        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self.loop = asyncio.new_event_loop()
-        # the worker sends each batch from its own loop (log_event is thread-safe)
+        self.loop = asyncio.get_running_loop()
+        self._ready: asyncio.Future[None] = self.loop.create_future()
+        self._stop = asyncio.Event()
         self._batch = EventBatch(
             lambda batch: worker.log_event(setup.topic, batch),
             self.loop,
             busy=lambda: len(self.files) > DRAINED_FILES,
         )
-        self._thread = threading.Thread(target=self._main, name="pyengine-worker", daemon=True)
-        self._thread.start()
-        self._ready.result()  # raises what stopped the engine from opening
+        self._serving: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, setup: SetUp, worker: Any) -> WorkerEngine:
+        engine = cls(setup, worker)
+        engine._serving = asyncio.ensure_future(engine._main())
+        await engine._ready  # raises what stopped the engine from opening
+        return engine
 
     # --- the engine's lifetime -------------------------------------------------------------
 
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
+    async def _main(self) -> None:
         try:
-            self.loop.run_until_complete(self._serve())
+            await self._serve()
         except BaseException as e:
             if not self._ready.done():
                 self._ready.set_exception(e)
-            else:
+            elif not isinstance(e, asyncio.CancelledError):
                 log.warning("pyengine worker engine stopped: %s", redact(str(e)))
         finally:
             self.broken = True
-            self.loop.close()
+            if not self._ready.done():  # a clean stop before it opened
+                self._ready.set_exception(RuntimeError("the worker engine stopped"))
 
     async def _serve(self) -> None:
         setup, opts = self.setup, self.setup.options
-        self._stop = asyncio.Event()
         env = {**os.environ, **setup.env}
         credential = resolve_credential(setup.dest, opts.connection_string, env)
         profile = choose_profile(opts.target, urlsplit(setup.dest.account_url).hostname or "")
@@ -318,32 +341,24 @@ class WorkerEngine:
                 "stalls": stats.stalls,
             }
 
-    def run(self, shard: Shard) -> int:
-        """Runs a shard on the engine's loop (from the Dask task's thread) and waits for it."""
-        shard.items  # noqa: B018  (its payload is decoded here, not on the engine's loop)
-        return asyncio.run_coroutine_threadsafe(self._spawn(shard), self.loop).result()
-
-    def close(self) -> dict[str, float]:
-        """Ends the engine: shards still running (a stopped job) are cancelled."""
-        if not self.broken:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self.loop.call_soon_threadsafe(self._cancel_shards_and_stop)
-        self._thread.join(timeout=60)
-        return self._stats
-
-    # --- shards and files ------------------------------------------------------------------
-
-    def _cancel_shards_and_stop(self) -> None:
-        for t in list(self._shard_tasks):
-            t.cancel()
-        self._stop.set()
-
-    async def _spawn(self, shard: Shard) -> int:
+    async def run(self, shard: Shard) -> int:
+        """Runs a shard on the engine and waits for it."""
         # owned like every task of the engine: a failure of the engine ends the shard too
         t = self.owner.spawn(self._run_shard(shard), name=shard.key)
         self._shard_tasks.add(t)
         t.add_done_callback(self._shard_tasks.discard)
         return await t
+
+    async def close(self) -> dict[str, float]:
+        """Ends the engine: shards still running (a stopped job) are cancelled."""
+        for t in list(self._shard_tasks):
+            t.cancel()
+        self._stop.set()
+        if self._serving is not None:
+            await asyncio.wait([self._serving], timeout=60)
+        return self._stats
+
+    # --- shards and files ------------------------------------------------------------------
 
     async def _run_shard(self, shard: Shard) -> int:
         results = await asyncio.gather(*(self._one(item) for item in shard.items))
