@@ -12,7 +12,7 @@ from cli_harness import pyengine as run_cli
 
 import pyengine
 from pyengine import CopyOptions
-from pyengine.distributed.shard import WorkItem, ack_of, file_result
+from pyengine.distributed.shard import Shard, WorkItem, ack_of, file_result
 from pyengine.engine.context import FileTask
 from pyengine.engine.scan import SourceFile
 from pyengine.errors import ConfigError
@@ -79,3 +79,24 @@ def test_work_item_travels_to_a_worker_unchanged() -> None:
     back = pickle.loads(pickle.dumps(item, protocol=5))
     assert back == item
     assert back.src == task.src and back.record.acked_blocks == item.record.acked_blocks
+
+
+def test_a_shard_is_pickled_once_and_decoded_only_where_its_files_are_read() -> None:
+    items = [WorkItem.from_task(_task({}, resumable=set())) for _ in range(3)]
+    for i, item in enumerate(items):
+        item.record.file_id = i
+        item.content_key = bytes([i]) * 32
+    shard = Shard("pyengine-shard-x", items)
+    wire = pickle.dumps(shard, protocol=5)
+    at_scheduler = pickle.loads(wire)
+    assert at_scheduler._items is None  # the scheduler only passes the payload on
+    again = pickle.dumps(at_scheduler, protocol=5)
+    assert at_scheduler._items is None and again == wire  # the same bytes, not pickled anew
+    at_worker = pickle.loads(again)
+    assert at_worker.key == shard.key and len(at_worker) == 3
+    assert at_worker.items == items  # content keys included: what the driver decided
+    # the payload holds content keys: a shard's repr names its key only
+    assert repr(at_worker) == "Shard('pyengine-shard-x')"
+    for bad in ({}, {"items": items, "payload": wire}):
+        with pytest.raises(ValueError):
+            Shard("k", **bad)  # type: ignore[arg-type]

@@ -185,6 +185,26 @@ def kill_senders_at_first_block(cluster: Any, killed: list[str]) -> Any:
     return on_event
 
 
+def test_a_copy_without_a_listener_sends_no_progress_events(
+    azurite, container, cluster, tmp_path: Path
+) -> None:
+    sizes = {f"study/{i:02d}.dcm": 3 * KiB + i for i in range(10)}
+    sizes["big/0.bin"] = 3 * MiB
+    files = make_tree(tmp_path / "src", sizes)
+    topics_before = set(cluster.get_events())
+    opts = options(azurite, tmp_path, scheduler=cluster.scheduler.address)
+    report = asyncio.run(pyengine.copy(tmp_path / "src", container, opts))
+
+    assert report.ok and report.files_copied == len(files), report.failures
+    assert_destination_holds(azurite, container, files)
+    topics = [t for t in cluster.get_events() if t.startswith("pyengine-")]
+    (topic,) = [t for t in topics if t not in topics_before]
+    kinds = Counter(e[0] for _, batch in cluster.get_events(topic) for e in batch)
+    # every answer and every block ack travelled; no progress, which nobody would have read
+    assert kinds["done"] == len(files) and kinds["ack"] == blocks_of(files)
+    assert kinds["progress"] == 0
+
+
 @pytest.fixture(params=["reruns", "no-reruns"])
 def scheduler_reruns(request: pytest.FixtureRequest, cluster: Any) -> Iterator[str]:
     """The shared scheduler as it comes (Dask runs a task again after its worker died: each
