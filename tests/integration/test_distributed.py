@@ -30,8 +30,8 @@ from azure.storage.blob import ContainerClient
 import pyengine
 from pyengine import CopyOptions, CopyReport, Event, LocalKeyWrapper
 from pyengine.distributed.cluster import _allowed_failures, open_client
-from pyengine.distributed.shard import SetUp
-from pyengine.distributed.worker import close_engine, open_engine
+from pyengine.distributed.shard import SetUp, Shard
+from pyengine.distributed.worker import close_engine, open_engine, run_shard
 from pyengine.options import MiB
 from pyengine.state.journal import Journal
 from pyengine.targets.auth import parse_destination
@@ -463,3 +463,25 @@ def test_engines_open_on_every_worker_ahead_of_the_first_shard(azurite, containe
     # each worker closes the engine it opened (its target's retry figures come back)
     closed = cluster.run(close_engine, setup.token)
     assert all(isinstance(stats, dict) for stats in closed.values()), closed
+
+
+def test_an_engine_that_cannot_open_fails_its_shard_and_is_opened_anew(
+    azurite, container, cluster
+) -> None:
+    setup = SetUp(
+        token=uuid.uuid4().hex,
+        job_id="broken",
+        dest=parse_destination(container),
+        options=CopyOptions(threads=0, connection_string=azurite.connection_string),
+        env={},
+    )
+    assert list(cluster.run(open_engine, setup).values()) == [False, False]
+    # the first shard meets the reason (and the next open is tried again, not remembered)
+    for attempt in range(2):
+        future = cluster.submit(
+            run_shard, setup, Shard(f"pyengine-shard-broken-{attempt}", []), pure=False
+        )
+        with pytest.raises(ValueError, match="threads must be at least 1"):
+            future.result(timeout=30)
+    # nothing opened, nothing to close
+    assert list(cluster.run(close_engine, setup.token).values()) == [None, None]
