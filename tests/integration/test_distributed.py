@@ -450,14 +450,19 @@ def test_the_embedded_cluster_runs_no_shard_twice() -> None:
     assert asyncio.run(main()) == (False, 0)
 
 
-def test_engines_open_on_every_worker_ahead_of_the_first_shard(azurite, container, cluster) -> None:
-    setup = SetUp(
+def engine_setup(azurite: Any, container: str, job_id: str, threads: int) -> SetUp:
+    """A job's setup as the driver ships it, for the engine's own calls."""
+    return SetUp(
         token=uuid.uuid4().hex,
-        job_id="ahead",
+        job_id=job_id,
         dest=parse_destination(container),
-        options=CopyOptions(threads=1, connection_string=azurite.connection_string),
+        options=CopyOptions(threads=threads, connection_string=azurite.connection_string),
         env={},
     )
+
+
+def test_engines_open_on_every_worker_ahead_of_the_first_shard(azurite, container, cluster) -> None:
+    setup = engine_setup(azurite, container, "ahead", threads=1)
     opened = cluster.run(open_engine, setup)
     assert list(opened.values()) == [True, True]
     # each worker closes the engine it opened (its target's retry figures come back)
@@ -468,13 +473,7 @@ def test_engines_open_on_every_worker_ahead_of_the_first_shard(azurite, containe
 def test_an_engine_that_cannot_open_fails_its_shard_and_is_opened_anew(
     azurite, container, cluster
 ) -> None:
-    setup = SetUp(
-        token=uuid.uuid4().hex,
-        job_id="broken",
-        dest=parse_destination(container),
-        options=CopyOptions(threads=0, connection_string=azurite.connection_string),
-        env={},
-    )
+    setup = engine_setup(azurite, container, "broken", threads=0)
     assert list(cluster.run(open_engine, setup).values()) == [False, False]
     # the first shard meets the reason (and the next open is tried again, not remembered)
     for attempt in range(2):
