@@ -266,7 +266,6 @@ class WorkerEngine:
 
     def __init__(self, setup: SetUp, worker: Any) -> None:
         self.setup = setup
-        self.worker = worker
         self.broken = False
         self.files: dict[int, _FileState] = {}
         self.by_path: dict[str, int] = {}
@@ -280,12 +279,11 @@ class WorkerEngine:
             self.loop,
             busy=lambda: len(self.files) > DRAINED_FILES,
         )
-        self._serving: asyncio.Task[None] | None = None
+        self._serving = asyncio.ensure_future(self._main())
 
     @classmethod
     async def open(cls, setup: SetUp, worker: Any) -> WorkerEngine:
         engine = cls(setup, worker)
-        engine._serving = asyncio.ensure_future(engine._main())
         await engine._ready  # raises what stopped the engine from opening
         return engine
 
@@ -300,9 +298,7 @@ class WorkerEngine:
             elif not isinstance(e, asyncio.CancelledError):
                 log.warning("pyengine worker engine stopped: %s", redact(str(e)))
         finally:
-            self.broken = True
-            if not self._ready.done():  # a clean stop before it opened
-                self._ready.set_exception(RuntimeError("the worker engine stopped"))
+            self.broken = True  # _serve returns only after it set _ready
 
     async def _serve(self) -> None:
         setup, opts = self.setup, self.setup.options
@@ -354,8 +350,7 @@ class WorkerEngine:
         for t in list(self._shard_tasks):
             t.cancel()
         self._stop.set()
-        if self._serving is not None:
-            await asyncio.wait([self._serving], timeout=60)
+        await asyncio.wait([self._serving], timeout=60)
         return self._stats
 
     # --- shards and files ------------------------------------------------------------------
