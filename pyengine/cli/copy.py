@@ -259,13 +259,10 @@ def _options_from(args: argparse.Namespace) -> CopyOptions:
     scheduler = args.scheduler
     if scheduler is None and args.workers is None:
         scheduler = os.environ.get("DASK_SCHEDULER_ADDRESS") or None
-    block = args.block_size
-    if block is not None and block & (block - 1):
-        raise ConfigError("--block-size", "must be a power of two in MiB (4, 8, 16, ...)")
     return CopyOptions(
         threads=args.threads,
         memory_cap_bytes=args.memory_cap,
-        block_bytes=block,
+        block_bytes=args.block_size,
         max_concurrency=args.concurrency,
         encrypt=args.encrypt,
         kek=kek,

@@ -31,6 +31,7 @@ from pyengine.engine.delta import NOT_READY, UNKNOWN, ListingJoin, listed_unchan
 from pyengine.engine.dryrun import DryRunDecider, dry_run
 from pyengine.engine.mirror import DeletionPass
 from pyengine.engine.one_file import FileSteps
+from pyengine.engine.plan import check_block_bytes
 from pyengine.engine.report import CopyReport
 from pyengine.engine.scan import ScanProblem, SourceFile, display_path, scan_batches
 from pyengine.engine.send import Routing, Sender
@@ -400,6 +401,7 @@ async def copy(
     """
     options = options or CopyOptions()
     source_path = os.path.abspath(os.fspath(source))
+    check_block_bytes(options.block_bytes, encrypt=options.encrypt)
     if policy is not None:
         from pyengine.engine.policy_job import copy_with_policy
 

@@ -14,7 +14,7 @@ import secrets
 from pyengine.crypto import keyed_digest_hex
 from pyengine.engine import metadata_names as mn
 from pyengine.engine.scan import display_path
-from pyengine.errors import SourceError
+from pyengine.errors import ConfigError, SourceError
 from pyengine.options import MAX_BLOCK_BYTES, MAX_BLOCKS_PER_BLOB, REGION_BYTES, MiB
 
 #: Azure CSE v2 adds a 12-byte nonce and a 16-byte GCM tag to every started 4 MiB region.
@@ -76,6 +76,20 @@ def choose_block_bytes(
 
 #: smallest chunk of a Put Blob file when not encrypting (an encrypted one reads whole regions)
 MIN_CHUNK_BYTES = 64 * 1024
+
+
+def check_block_bytes(block_bytes: int | None, *, encrypt: bool) -> None:
+    """A chosen block size the core can read files in: a power of two of at least 64 KiB, and
+    whole 4 MiB encryption regions with ``encrypt``. Refused as a usage error before a job
+    starts; the core would otherwise refuse it file by file."""
+    if block_bytes is None:
+        return
+    if block_bytes < MIN_CHUNK_BYTES or block_bytes & (block_bytes - 1):
+        raise ConfigError("--block-size", "must be a power of two in MiB (4, 8, 16, ...)")
+    if encrypt and block_bytes % REGION_BYTES:
+        raise ConfigError(
+            "--block-size", "must be at least 4 MiB with --encrypt (whole encryption regions)"
+        )
 
 
 def next_pow2(n: int) -> int:

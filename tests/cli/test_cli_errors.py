@@ -175,6 +175,26 @@ def test_kek_file_of_the_wrong_size_exits_2(
     assert blobs_of(azurite, container) == {}
 
 
+@pytest.mark.parametrize(
+    ("block_mib", "encrypt", "says"),
+    [(3, False, "power of two"), (2, True, "at least 4 MiB with --encrypt")],
+)
+def test_a_block_size_the_core_cannot_read_exits_2_before_any_file(
+    azurite: Any, container: str, tmp_path: Path, block_mib: int, encrypt: bool, says: str
+) -> None:
+    """Not one "unexpected error" per multi-block file: the job does not start."""
+    src = tmp_path / "src"
+    make_tree(src, {"a.dcm": 1, "big.bin": 9 << 20})
+    kek_file = tmp_path / "kek.bin"
+    kek_file.write_bytes(os.urandom(32))
+    crypt = ("--encrypt", "--kek-file", str(kek_file)) if encrypt else ()
+    proc = pyengine(
+        *copy_args(azurite, tmp_path, src, container, "--block-size", str(block_mib), *crypt)
+    )
+    assert_one_line_error(proc, 2, "--block-size", says)
+    assert blobs_of(azurite, container) == {}
+
+
 def test_usage_error_exits_2_with_one_line(tmp_path: Path) -> None:
     proc = pyengine("copy", str(tmp_path))  # no DEST
     assert "Traceback" not in proc.stderr

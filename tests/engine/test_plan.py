@@ -15,13 +15,14 @@ from pyengine.engine.plan import (
     blob_metadata,
     blob_name,
     block_id,
+    check_block_bytes,
     choose_block_bytes,
     encrypted_bytes,
     new_upload_id,
     parse_block_id,
     read_plan,
 )
-from pyengine.errors import SourceError
+from pyengine.errors import ConfigError, SourceError
 from pyengine.options import MAX_BLOCK_BYTES, MAX_BLOCKS_PER_BLOB, MiB
 
 GiB = 1024 * MiB
@@ -286,3 +287,12 @@ def test_read_plan_sends_a_large_file_in_blocks_of_the_chosen_or_the_planned_siz
     assert read_plan(4 * MiB + 1, **{**plan, "block_bytes": 16 * MiB}) == (16 * MiB, False)
     with pytest.raises(SourceError):
         read_plan(MAX_BLOB_BYTES + 1, **plan, path="huge.dcm")
+
+
+def test_a_chosen_block_size_is_one_the_core_reads_in() -> None:
+    for fine, encrypt in ((None, True), (64 * 1024, False), (1 * MiB, False), (4 * MiB, True)):
+        check_block_bytes(fine, encrypt=encrypt)
+    for bad, encrypt in ((32 * 1024, False), (3 * MiB, False), (2 * MiB, True), (6 * MiB, True)):
+        with pytest.raises(ConfigError) as e:
+            check_block_bytes(bad, encrypt=encrypt)
+        assert e.value.subject == "--block-size"
