@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import blake3
 import pytest
@@ -149,7 +149,8 @@ def commits_by_blob(forwarded: list[list[Any]]) -> dict[str, list[tuple[int | No
         is_commit = query.get("comp") == ["blocklist"] or (method == "PUT" and not query)
         if method == "PUT" and is_commit:
             conditional = "if-match" in headers or "if-none-match" in headers
-            commits.setdefault(parts.path.split("/", 3)[3], []).append((status, conditional))
+            name = unquote(parts.path.split("/", 3)[3])  # as the source names it
+            commits.setdefault(name, []).append((status, conditional))
     return commits
 
 
