@@ -54,6 +54,11 @@ class StaleShard(RuntimeError):
     """Dask re-ran a shard after its worker died: the driver builds it anew from its journal."""
 
 
+class EngineStopped(RuntimeError):
+    """The worker's engine failed while it ran a shard (a task of the engine raised): the
+    shard's files are lost, and the driver sends them again, on an engine opened anew."""
+
+
 async def run_shard(setup: SetUp, shard: Shard) -> int:
     """The Dask task: sends a shard's files on this process's engine; how many it answered
     (their results went to the driver as events). A coroutine: Dask runs it on the worker's
@@ -343,7 +348,16 @@ class WorkerEngine:
         t = self.owner.spawn(self._run_shard(shard), name=shard.key)
         self._shard_tasks.add(t)
         t.add_done_callback(self._shard_tasks.discard)
-        return await t
+        try:
+            return await t
+        except asyncio.CancelledError:
+            failure = self.owner.failure
+            if failure is None or not t.cancelled():
+                raise  # the shard itself was cancelled (the job stopped)
+            # the engine's failure cancelled the shard: the driver reads why, not a bare
+            # CancelledError
+            why = f"{type(failure).__name__}: {redact(str(failure))}"
+            raise EngineStopped(f"the worker's engine stopped ({why})") from None
 
     async def close(self) -> dict[str, float]:
         """Ends the engine: shards still running (a stopped job) are cancelled."""

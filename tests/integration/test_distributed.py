@@ -485,3 +485,51 @@ def test_an_engine_that_cannot_open_fails_its_shard_and_is_opened_anew(
             future.result(timeout=30)
     # nothing opened, nothing to close
     assert list(cluster.run(close_engine, setup.token).values()) == [None, None]
+
+
+class _EventLog:
+    """A Dask worker as the engine sees it: where its event batches go."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+
+    def log_event(self, topic: str, batch: list[Any]) -> None:
+        self.batches.append(batch)
+
+
+def test_an_engine_that_fails_mid_shard_fails_the_shard_with_its_reason(
+    azurite, container, tmp_path
+) -> None:
+    from pyengine.distributed.shard import WorkItem
+    from pyengine.distributed.worker import EngineStopped, WorkerEngine
+    from pyengine.engine.scan import SourceFile
+    from pyengine.state.records import FileRecord
+
+    path = tmp_path / "a.dcm"
+    path.write_bytes(content(3 * MiB, 1))
+    st = path.stat()
+    src = SourceFile(str(path), "a.dcm", st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev,
+                     st.st_ctime_ns)  # fmt: skip
+    record = FileRecord(
+        file_id=1, job_id="mid", rel_path="a.dcm", size_bytes=st.st_size,
+        mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev, blob_name="a.dcm",
+        upload_id="u" * 32, block_bytes=MiB, encrypted=False, state="uploading", acked_blocks={},
+        ctime_ns=st.st_ctime_ns,
+    )  # fmt: skip
+    item = WorkItem(src, record, MiB, False, None, None, set())
+    setup = engine_setup(azurite, container, "mid", threads=1)
+
+    async def main() -> tuple[str, bool]:
+        engine = await WorkerEngine.open(setup, _EventLog())
+        running = asyncio.ensure_future(engine.run(Shard("pyengine-shard-mid", [item])))
+        await asyncio.sleep(0)  # the shard's task has started
+        # a task of the engine failed (a bug, a relay that cannot send): every shard ends
+        engine.owner.fail(KeyError("a bug in the engine"))
+        with pytest.raises(EngineStopped) as stopped:
+            await running
+        await engine.close()
+        return str(stopped.value), engine.broken
+
+    reason, broken = asyncio.run(main())
+    assert reason == "the worker's engine stopped (KeyError: 'a bug in the engine')"
+    assert broken  # the next shard of the job opens the engine anew (worker._unusable)
