@@ -15,7 +15,9 @@ the sink's access log proves the bytes were read. Times per copy: the job's own 
 (scan to summary: what the overhead and speed-up figures compare), the wall time of the whole
 call, and their difference, the embedded LocalCluster's start and close (``cluster_s``: paid
 once per call, whatever the tree); the CPU seconds of this process (all of the work in process;
-the driver's share with workers) and of the sink's nginx (is the sink the limit?).
+the driver's share with workers), of the worker processes while the job's engines were open
+(``CopyReport.workers_cpu_s``: together with the driver's, what scale-out costs against one
+process) and of the sink's nginx (is the sink the limit?).
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ async def one_copy(
         "wall_s": wall_s,
         "cpu_s": cpu_s,
         "sink_cpu_s": sink_cpu_s,
+        "workers_cpu_s": report.workers_cpu_s,
         "bytes": report.bytes_copied,
     }
 
@@ -129,7 +132,8 @@ async def run(
                     # as it goes, on stderr: a run cut short by a timeout still shows its copies
                     print(
                         f"{job}: job {row['elapsed_s']:.2f} s, wall {row['wall_s']:.2f} s,"
-                        f" cpu {row['cpu_s']:.2f} s, sink cpu {row['sink_cpu_s']:.2f} s",
+                        f" cpu {row['cpu_s']:.2f} s, workers cpu {row['workers_cpu_s']:.2f} s,"
+                        f" sink cpu {row['sink_cpu_s']:.2f} s",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -145,6 +149,7 @@ async def run(
             "gbps": round(total_bytes / elapsed / 1e9, 3),
             "files_per_s": round((small + large) / elapsed, 1),
             "driver_cpu_s": round(statistics.median(x["cpu_s"] for x in rs), 2),
+            "workers_cpu_s": round(statistics.median(x["workers_cpu_s"] for x in rs), 2),
             "sink_cpu_s": round(statistics.median(x["sink_cpu_s"] for x in rs), 2),
         }
     # speed-up against one worker (the scale-out baseline); without one, against the first mode
@@ -207,13 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'mode':<14}{'job s':>8}{'cluster s':>10}{'wall s':>8}{'GB/s':>8}{'files/s':>9}"
-        f"{'speed-up':>9}{'cpu s':>8}{'sink cpu s':>11}"
+        f"{'speed-up':>9}{'cpu s':>8}{'workers cpu s':>14}{'sink cpu s':>11}"
     )
     for mode, row in result["modes"].items():
         print(
             f"{mode:<14}{row['elapsed_s']:>8.2f}{row['cluster_s']:>10.2f}{row['wall_s']:>8.2f}"
             f"{row['gbps']:>8.3f}{row['files_per_s']:>9.0f}{row['speedup']:>8.2f}x"
-            f"{row['driver_cpu_s']:>8.2f}{row['sink_cpu_s']:>11.2f}"
+            f"{row['driver_cpu_s']:>8.2f}{row['workers_cpu_s']:>14.2f}{row['sink_cpu_s']:>11.2f}"
         )
     print(f"speed-up: job time of {result['speedup_base']} / job time of the mode")
     if result["workers1_overhead_pct"] is not None:

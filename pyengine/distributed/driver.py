@@ -168,11 +168,12 @@ class DistributedJob(_Job):
 
     async def _run_locked(self, credential: Any) -> None:
         await super()._run_locked(credential)
-        r = self.ctx.report  # the workers' retries beside the driver's (HEADs, listings)
+        r = self.ctx.report  # the workers' retries beside the driver's (HEADs, listings); CPU
         for stats in self.worker_stats:
             r.retries += int(stats.get("retries", 0))
             r.throttled_s += stats.get("throttled_s", 0.0)
             r.stalls += int(stats.get("stalls", 0))
+            r.workers_cpu_s += stats.get("cpu_s", 0.0)
 
     async def copy_all(self) -> None:
         ctx, opts = self.ctx, self.ctx.options
@@ -204,7 +205,7 @@ class DistributedJob(_Job):
         self, setup: SetUp, dispatcher: Dispatcher, opening: asyncio.Future[Any], *, finished: bool
     ) -> None:
         """The job's engines closed on every worker; a worker or a scheduler gone by now costs
-        its retry figures only (the files' outcomes are all journaled already)."""
+        its retry and CPU figures only (the files' outcomes are all journaled already)."""
         await dispatcher.stop(wait=finished)
         # an engine still opening is closed after it opened, not left behind
         await asyncio.wait([opening])

@@ -18,6 +18,7 @@ import asyncio
 import inspect
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,7 +121,8 @@ def warm_up() -> int:
 
 async def close_engine(token: str) -> dict[str, float] | None:
     """Closes this process's engine of a job (Client.run at the job's end): its target's
-    retry figures, or None when this process had none."""
+    retry figures and this process's CPU seconds while it was open, or None when this process
+    had none."""
     opening = _ENGINES.pop(token, None)
     if opening is None:
         return None
@@ -307,6 +309,7 @@ class WorkerEngine:
 
     async def _serve(self) -> None:
         setup, opts = self.setup, self.setup.options
+        cpu_start = time.process_time()
         env = {**os.environ, **setup.env}
         credential = resolve_credential(setup.dest, opts.connection_string, env)
         profile = choose_profile(opts.target, urlsplit(setup.dest.account_url).hostname or "")
@@ -340,6 +343,7 @@ class WorkerEngine:
                 "retries": stats.retries,
                 "throttled_s": stats.throttled_s,
                 "stalls": stats.stalls,
+                "cpu_s": time.process_time() - cpu_start,
             }
 
     async def run(self, shard: Shard) -> int:

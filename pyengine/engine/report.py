@@ -62,6 +62,11 @@ class CopyReport:
     #: lowest and highest adaptive concurrency limit reached (requests in flight at once)
     concurrency_min: int = 0
     concurrency_max: int = 0
+    #: a distributed job (--workers, --scheduler): CPU seconds its worker processes used while
+    #: the job's engines were open, every thread (on a cluster that runs other work meanwhile,
+    #: that work's too); 0 in one process. Beside the driver's own CPU it says what scale-out
+    #: costs (README "Scale-out with Dask")
+    workers_cpu_s: float = 0.0
     #: (relative path, one-line reason)
     failures: list[tuple[str, str]] = field(default_factory=list)
     #: destination blobs that no source file claims (reported; deleted only on request)

@@ -58,5 +58,6 @@ def test_in_process_run_writes_its_tree_under_workdir_and_its_json_to_a_file(
     assert list(result["modes"]) == ["in-process"]
     row = result["modes"]["in-process"]
     assert row["files_per_s"] > 0 and row["speedup"] == 1.0 and row["sink_cpu_s"] >= 0
+    assert row["workers_cpu_s"] == 0  # no worker process in process
     assert result["sink_workers"] == 3 and result["workers1_overhead_pct"] is None
     assert list(workdir.iterdir()) == []  # its temp dir was there, and is gone

@@ -127,6 +127,7 @@ def test_two_workers_copy_every_file_with_an_exact_summary(
     assert report.files_copied == len(files) and report.files_failed == 0
     assert report.bytes_copied == sum(len(d) for d in files.values())
     assert report.blocks_sent == blocks_of(files) and report.blocks_resumed == 0
+    assert report.workers_cpu_s > 0  # the workers' engines read and sent every file
     assert_destination_holds(azurite, container, files)
     assert journal_states(opts.journal_path, report.job_id) == {"committed": len(files)}
     copied = [e for e in events if e.kind == "file_copied"]
