@@ -2,12 +2,14 @@
 ``--workers N`` for each N asked, interleaved in one run so that each mode meets the same machine.
 
 ``python -m pyengine.bench.scaleout [--small N] [--large N] [--repeats N] [--workers-list 0,1,2]
-[--threads N] [--workdir DIR] [--sink-workers N] [--json] [--json-out FILE]``
+[--threads N] [--workdir DIR] [--sink-workers N] [--encrypt] [--json] [--json-out FILE]``
 
 ``--workers-list``: the modes, 0 being in-process (default ``0,1,2``); ``--threads``: reader
 threads per engine (each worker runs one engine); ``--workdir``: where the tree and the journals
 go (``/dev/shm`` on a big host keeps the disk out of the figures); ``--sink-workers``: the
-sink's nginx worker processes (default 1; a 16-core host scaling 16 engines needs several).
+sink's nginx worker processes (default 1; a 16-core host scaling 16 engines needs several);
+``--encrypt``: client-side encryption on every copy (a random key-encryption key; the files are
+hashed either way).
 ``PYENGINE_BENCH_SINK_CPUS`` pins the sink (see :mod:`pyengine.bench.sink`).
 
 Each copy is a fresh job (its own journal, ``check="none"``) so every byte is sent each time;
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import statistics
 import sys
@@ -36,6 +39,7 @@ from typing import Any
 import pyengine
 from pyengine.bench.files import write_random_file, write_small_files
 from pyengine.bench.sink import DiscardSink
+from pyengine.crypto import LocalKeyWrapper
 from pyengine.options import CopyOptions, MiB
 
 DEFAULT_WORKERS_LIST = (0, 1, 2)
@@ -69,7 +73,13 @@ def make_tree(root: Path, small: int, large: int) -> int:
 
 
 async def one_copy(
-    source: Path, sink: DiscardSink, tmp: Path, job: str, workers: int | None, threads: int
+    source: Path,
+    sink: DiscardSink,
+    tmp: Path,
+    job: str,
+    workers: int | None,
+    threads: int,
+    kek: LocalKeyWrapper | None = None,
 ) -> dict[str, Any]:
     opts = CopyOptions(
         threads=threads,
@@ -79,6 +89,8 @@ async def one_copy(
         connection_string=sink.connection_string,
         create_container=True,
         workers=workers,
+        encrypt=kek is not None,
+        kek=kek,
     )
     sink.reset_counts()
     start = time.monotonic()
@@ -116,18 +128,20 @@ async def run(
     workers_list: list[int] | tuple[int, ...] = DEFAULT_WORKERS_LIST,
     workdir: str | None = None,
     sink_workers: int = 1,
+    encrypt: bool = False,
 ) -> dict[str, Any]:
     modes = {mode_name(n): (n or None) for n in workers_list}
+    kek = LocalKeyWrapper(os.urandom(32)) if encrypt else None  # the blobs go to the sink
     with tempfile.TemporaryDirectory(prefix="pyengine-scaleout-", dir=workdir) as tmp_name:
         tmp = Path(tmp_name)
         total_bytes = make_tree(tmp / "src", small, large)
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
         async with DiscardSink(worker_processes=sink_workers) as sink:
-            await one_copy(tmp / "src", sink, tmp, "warm", None, threads)  # page cache, sink
+            await one_copy(tmp / "src", sink, tmp, "warm", None, threads, kek)  # page cache, sink
             for r in range(repeats):
                 for mode, workers in modes.items():
                     job = f"r{r}-{mode.strip('-').replace(' ', '')}"
-                    row = await one_copy(tmp / "src", sink, tmp, job, workers, threads)
+                    row = await one_copy(tmp / "src", sink, tmp, job, workers, threads, kek)
                     runs[mode].append(row)
                     # as it goes, on stderr: a run cut short by a timeout still shows its copies
                     print(
@@ -165,6 +179,7 @@ async def run(
         "files": small + large,
         "bytes": total_bytes,
         "threads_per_engine": threads,
+        "encrypt": encrypt,
         "sink_workers": sink_workers,
         "repeats": repeats,
         "speedup_base": base_mode,
@@ -187,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--workdir", default=None, help="where the tree goes (default: TMPDIR)")
     p.add_argument("--sink-workers", type=int, default=1, help="nginx worker processes (1)")
+    p.add_argument("--encrypt", action="store_true", help="encrypt (a random KEK)")
     p.add_argument("--json", action="store_true", help="print one JSON object, no table")
     p.add_argument("--json-out", default=None, help="also write the JSON object to this file")
     args = p.parse_args(argv)
@@ -199,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             workers_list=args.workers_list,
             workdir=args.workdir,
             sink_workers=args.sink_workers,
+            encrypt=args.encrypt,
         )
     )
     if args.json_out:
@@ -208,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(
         f"{result['files']} files, {result['bytes'] / 1e6:.0f} MB, median of {args.repeats};"
-        f" {args.threads} threads per engine, sink {args.sink_workers} nginx workers"
+        f" {args.threads} threads per engine, sink {args.sink_workers} nginx workers,"
+        f" {'encrypted' if args.encrypt else 'not encrypted'} (hashed either way)"
     )
     print(
         f"{'mode':<14}{'job s':>8}{'cluster s':>10}{'wall s':>8}{'GB/s':>8}{'files/s':>9}"

@@ -46,6 +46,7 @@ def test_in_process_run_writes_its_tree_under_workdir_and_its_json_to_a_file(
         "0",
         "--sink-workers",
         "3",
+        "--encrypt",
         "--json",
     ]
     workdir = tmp_path / "work"
@@ -60,4 +61,5 @@ def test_in_process_run_writes_its_tree_under_workdir_and_its_json_to_a_file(
     assert row["files_per_s"] > 0 and row["speedup"] == 1.0 and row["sink_cpu_s"] >= 0
     assert row["workers_cpu_s"] == 0  # no worker process in process
     assert result["sink_workers"] == 3 and result["workers1_overhead_pct"] is None
+    assert result["encrypt"] is True
     assert list(workdir.iterdir()) == []  # its temp dir was there, and is gone
