@@ -28,7 +28,7 @@ from pyengine.distributed.shard import (
     ack_of,
     file_result,
 )
-from pyengine.distributed.worker import run_shard
+from pyengine.distributed.worker import maybe_await, run_shard
 from pyengine.engine.context import JobContext
 from pyengine.targets.auth import redact
 
@@ -151,7 +151,10 @@ class Dispatcher:
         try:
             await _ended(future)
             if future.status == "error":
-                await future  # raises the shard's error
+                # the shard's error as an object, never raised here: a worker's task that
+                # ended in a CancelledError (an engine closed under it) must not read as this
+                # job's own cancellation, which would leave the shard's files unanswered
+                why = _reason(await maybe_await(future.exception()))
             # A finished shard's return is never fetched. Its files were answered by their
             # events, which reach this process before its end does (one ordered stream from
             # the worker through the scheduler); and fetching a result whose worker has died
@@ -161,12 +164,13 @@ class Dispatcher:
             if shard.key in self._unanswered:  # else it has done all it will do: released
                 await _cancel_quietly(future)
             raise
-        except Exception as e:  # KilledWorker, StaleShard, a closed connection, a bug
-            why = f"{type(e).__name__}: {redact(str(e))}"
-            self.shards_lost += 1
-            log.info("a shard of %d files was lost (%s): retrying its files", len(shard.items), why)
+        except Exception as e:  # a closed connection, a bug
+            why = _reason(e)
         finally:
             future.release()
+        if why:  # KilledWorker, StaleShard, EngineStopped, ...
+            self.shards_lost += 1
+            log.info("a shard of %d files was lost (%s): retrying its files", len(shard.items), why)
         for item in shard.items:  # unanswered: the driver decides them again from its journal
             reason = why or f"no answer (its shard {future.status})"
             self._resolve(file_result(item.record.file_id, "lost", reason=reason))
@@ -234,6 +238,14 @@ class Dispatcher:
                 crc64=block.crc64,
                 xxh3_128=block.xxh3_128,
             )
+
+
+def _reason(error: BaseException | None) -> str:
+    """A lost shard's reason, one line (never empty: the files' retry says why)."""
+    if error is None:
+        return "no error given"
+    text = redact(str(error))
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 async def _cancel_quietly(future: Any) -> None:

@@ -70,14 +70,14 @@ async def run_shard(setup: SetUp, shard: Shard) -> int:
         # scheduler metadata marks a shard as started: a second start is Dask's own retry
         client = get_client()
         seen_key = [setup.topic, shard.key]
-        if await _maybe_await(client.get_metadata(seen_key, default=None)) is not None:
+        if await maybe_await(client.get_metadata(seen_key, default=None)) is not None:
             raise StaleShard(f"shard {shard.key} was started before (its worker died)")
-        await _maybe_await(client.set_metadata(seen_key, 1))
+        await maybe_await(client.set_metadata(seen_key, 1))
     engine = await _engine(setup, get_worker())
     return await engine.run(shard)
 
 
-async def _maybe_await(value: Any) -> Any:
+async def maybe_await(value: Any) -> Any:
     """A Dask client's answer: awaited when the client is asynchronous (it is on the worker's
     loop), as is when it is not."""
     return await value if inspect.isawaitable(value) else value

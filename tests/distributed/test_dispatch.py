@@ -24,6 +24,8 @@ class FakeFuture:
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.cancelled = False
         self.fetched = 0
+        #: the task's error when it failed on its worker (Dask holds it for the client)
+        self.error: BaseException | None = None
 
     def __await__(self) -> Any:
         self.fetched += 1
@@ -33,7 +35,17 @@ class FakeFuture:
     def status(self) -> str:
         if not self.future.done():
             return "pending"
+        if self.error is not None:
+            return "error"
         return "cancelled" if self.future.cancelled() else "finished"
+
+    def fail(self, error: BaseException) -> None:
+        """The task raised ``error`` on its worker."""
+        self.error = error
+        self.future.set_result(None)
+
+    def exception(self) -> BaseException | None:
+        return self.error
 
     def add_done_callback(self, fn: Any) -> None:
         self.future.add_done_callback(lambda _: fn(self))
@@ -177,6 +189,23 @@ def test_a_shards_return_is_never_fetched_and_a_file_it_left_unanswered_is_lost(
         assert [r["status"] for r in results] == ["copied", "lost"]
         assert "no answer" in (results[1]["reason"] or "")
         assert future.fetched == 0
+        await d.stop()
+
+    asyncio.run(main())
+
+
+def test_a_shard_that_ended_in_a_cancelled_error_on_its_worker_loses_its_files() -> None:
+    async def main() -> None:
+        d, client = dispatcher()
+        sends = [asyncio.ensure_future(d.send(item(i))) for i in (1, 2)]
+        await turns()
+        ((_, future),) = client.submitted
+        # an engine closed under the shard: the task's error is a CancelledError, which is
+        # the shard's news, not a cancellation of this job (its files would wait forever)
+        future.fail(asyncio.CancelledError())
+        results = await asyncio.wait_for(asyncio.gather(*sends), timeout=5)
+        assert [(r["status"], r["reason"]) for r in results] == [("lost", "CancelledError")] * 2
+        assert d.shards_lost == 1 and future.fetched == 0
         await d.stop()
 
     asyncio.run(main())

@@ -253,6 +253,50 @@ def test_killed_worker_shard_is_retried_and_every_blob_committed_once(
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+def test_an_engine_that_fails_mid_job_loses_its_shards_and_the_job_completes(
+    azurite, container, cluster, fault_proxy, tmp_path: Path, caplog
+) -> None:
+    sizes = {f"big/{i}.bin": 4 * MiB + i for i in range(4)}
+    sizes.update({f"small/{i:02d}.dcm": 2 * KiB + i for i in range(12)})
+    files = make_tree(tmp_path / "src", sizes)
+    cluster.wait_for_workers(2)
+
+    async def fail_engines() -> int:
+        from pyengine.distributed.worker import _ENGINES
+
+        opened = [f.result() for f in _ENGINES.values() if f.done() and not f.exception()]
+        for engine in opened:
+            engine.owner.fail(KeyError("a bug in the engine"))
+        return len(opened)
+
+    failed: list[int] = []
+
+    def on_event(e: Event) -> None:
+        # the first block of a large file: its worker's engine is sending
+        if e.kind == "progress" and (e.path or "").startswith("big/") and not failed:
+            failed.append(sum(cluster.run(fail_engines).values()))
+
+    fault_proxy.recording = True
+    opts = options(azurite, tmp_path, scheduler=cluster.scheduler.address, cap_mbps=40)
+    with caplog.at_level(logging.INFO, logger="pyengine"):
+        report = asyncio.run(
+            pyengine.copy(tmp_path / "src", fault_proxy.url(container), opts, on_event=on_event)
+        )
+
+    assert failed and failed[0] >= 1, "no engine was open when the first block was journaled"
+    lost = [r.getMessage() for r in caplog.records if "was lost" in r.getMessage()]
+    assert lost and all(
+        "EngineStopped: the worker's engine stopped (KeyError: 'a bug in the engine')" in m
+        for m in lost
+    ), lost
+    # its files were sent again on engines opened anew: every one committed, once
+    assert report.ok, report.failures
+    assert report.files_copied == len(files) and report.files_failed == 0
+    assert_committed_once(fault_proxy.forwarded, files)
+    assert_destination_holds(azurite, container, files)
+    assert journal_states(opts.journal_path, report.job_id) == {"committed": len(files)}
+
+
 def test_workers_flag_runs_an_embedded_cluster_with_clean_json_output(
     azurite, container, tmp_path: Path
 ) -> None:
