@@ -83,7 +83,9 @@ async def _open_client(options: CopyOptions) -> AsyncIterator[Cluster]:
     # processes: one engine (native pipeline, event loop, connections) per worker process.
     # memory_limit=0: the pipeline's
     # memory_cap_bytes is the hard cap per worker; Dask's nanny need not police it.
-    # silence_logs: the workers' INFO lines would mix with --json output.
+    # silence_logs: the workers' Dask lines would mix with the job's output (at ERROR, a lost
+    # shard's "Compute Failed" and its traceback; at shutdown, a heartbeat to a scheduler that
+    # closed): the driver says why a shard was lost, in its own words (dispatch.py).
     cluster = await LocalCluster(
         n_workers=n_workers,
         threads_per_worker=THREADS_PER_WORKER,
@@ -93,7 +95,7 @@ async def _open_client(options: CopyOptions) -> AsyncIterator[Cluster]:
         # port, not on :8787 of every interface (a second job's cluster warned on stderr)
         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         memory_limit=0,
-        silence_logs=logging.ERROR,
+        silence_logs=logging.CRITICAL,
         asynchronous=True,
     )
     # the scheduler runs in this process: a shard whose worker died fails at once instead of
