@@ -60,6 +60,11 @@ class ContainerNotFoundError(DestinationError):
     exit_code = 2
 
 
+class ClusterError(PyEngineError):
+    """The Dask cluster of a distributed job is gone (its scheduler closed or lost the
+    connection): the job stops, and a re-run resumes it from its journal."""
+
+
 class IntegrityError(PyEngineError):
     """Bytes at the destination do not match the source (CRC64 or BLAKE3 mismatch)."""
 

@@ -37,18 +37,26 @@ class Cluster:
 
 @contextlib.contextmanager
 def _quiet_dask() -> Iterator[None]:
-    """Dask's own INFO and WARNING lines (a scheduler or nannies in this process, a worker
-    that died and was replaced) would fill the CLI's stderr; the job says what matters in its
-    own words (a lost shard, a failed file). Restored after the job."""
+    """Dask's own lines (a scheduler or nannies in this process, a worker that died and was
+    replaced, at ERROR the tracebacks of a client whose scheduler went away) would fill the
+    CLI's stderr; the job says what matters in its own words (a lost shard, a failed file, a
+    lost scheduler: errors.ClusterError). Restored after the job."""
     import distributed  # noqa: F401  (its import sets the logger's level from Dask's config)
 
-    logger = logging.getLogger("distributed")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    # Dask's configuration gives some of its loggers levels of their own (distributed.client)
+    names = ["distributed"] + [
+        name
+        for name, logger in logging.root.manager.loggerDict.items()
+        if name.startswith("distributed.") and isinstance(logger, logging.Logger) and logger.level
+    ]
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 @contextlib.asynccontextmanager
@@ -71,7 +79,7 @@ async def _open_client(options: CopyOptions) -> AsyncIterator[Cluster]:
             raise ConfigError(options.scheduler, f"cannot reach the Dask scheduler: {e}") from None
         try:
             await client.wait_for_workers(1, timeout=WORKERS_WAIT_S)
-            workers = len(client.scheduler_info()["workers"]) or 1
+            workers = worker_count(client.scheduler_info()) or 1
             await client.run(warm_up)
             yield Cluster(client, workers, await _reruns(client))
         finally:
@@ -112,6 +120,14 @@ async def _open_client(options: CopyOptions) -> AsyncIterator[Cluster]:
             await client.close()
     finally:
         await cluster.close()
+
+
+def worker_count(info: Any) -> int:
+    """Workers in a client's view of the cluster (Client.scheduler_info(): an asynchronous
+    client's holds the count only, refreshed every 2 s; older Dask, the workers themselves)."""
+    if "n_workers" in info:
+        return int(info["n_workers"])
+    return len(info.get("workers") or {})
 
 
 def _allowed_failures(dask_scheduler: Any = None) -> int:

@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyengine.distributed.cluster import worker_count
 from pyengine.distributed.shard import (
     SHARD_BYTES,
     SHARD_FILES,
@@ -30,12 +31,18 @@ from pyengine.distributed.shard import (
 )
 from pyengine.distributed.worker import maybe_await, run_shard
 from pyengine.engine.context import JobContext
+from pyengine.errors import ClusterError
 from pyengine.targets.auth import redact
 
 log = logging.getLogger("pyengine")
 
 #: at the job's end, how long shards whose files are all answered may take to return
 SHARD_RETURN_WAIT_S = 5.0
+#: a cluster with no worker this long, while files wait, fails the job (Dask would wait for a
+#: worker forever); how often the client's view of the cluster is read (Dask refreshes it every
+#: 2 s)
+NO_WORKERS_S = 60.0
+NO_WORKERS_POLL_S = 1.0
 
 
 @dataclass
@@ -67,9 +74,29 @@ class Dispatcher:
         self._shards: dict[asyncio.Task[None], str] = {}
         self.shards_submitted = 0
         self.shards_lost = 0
+        self._watch: asyncio.Future[None] | None = None
+        #: the scheduler's address, for the error that stops the job when it is gone
+        self.where = str(getattr(getattr(client, "scheduler", None), "address", "") or "Dask")
 
     def start(self) -> None:
         self.client.subscribe_topic(self.setup.topic, self._on_events)
+        self._watch = asyncio.ensure_future(self._watch_workers())
+
+    async def _watch_workers(self) -> None:
+        """Fails the job when its cluster has had no worker for NO_WORKERS_S while shards
+        wait (every worker of a --scheduler cluster gone; the embedded one's nannies restart
+        theirs): the journal keeps what was acknowledged, and a re-run resumes it."""
+        loop = asyncio.get_running_loop()
+        since: float | None = None
+        while True:
+            await asyncio.sleep(NO_WORKERS_POLL_S)
+            if self.client.status != "running" or worker_count(self.client.scheduler_info()):
+                since = None  # a client without its scheduler is _await_shard's to report
+                continue
+            since = loop.time() if since is None else since
+            if self._unanswered and loop.time() - since >= NO_WORKERS_S:
+                self._cluster_lost(f"the Dask cluster has had no worker for {NO_WORKERS_S:.0f} s")
+                return
 
     async def stop(self, *, wait: bool = True) -> None:
         """Ends the job's shards: with ``wait``, those with files not answered yet may end
@@ -78,6 +105,8 @@ class Dispatcher:
         after its last event, when it has returned on its worker)."""
         if self._timer is not None:
             self._timer.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
         busy = {t for t, key in self._shards.items() if key in self._unanswered}
         if busy and wait:
             await asyncio.wait(busy, timeout=SHARD_RETURN_WAIT_S)
@@ -85,8 +114,8 @@ class Dispatcher:
             t.cancel()
         if self._shards:
             await asyncio.gather(*list(self._shards), return_exceptions=True)
-        # a closed client has nothing subscribed any more
-        with contextlib.suppress(ValueError, RuntimeError):
+        # a closed client (ClosedClientError) has nothing subscribed any more
+        with contextlib.suppress(Exception):
             self.client.unsubscribe_topic(self.setup.topic)
 
     async def send(self, item: WorkItem) -> dict[str, Any]:
@@ -136,8 +165,15 @@ class Dispatcher:
             waiting = self._waiting.get(item.record.file_id)
             if waiting is not None:
                 waiting.shard_key = shard.key
-        # secrets (connection string, content keys) are arguments; the key names nothing
-        future = self.client.submit(run_shard, self.setup, shard, key=shard.key, pure=False)
+        try:
+            # secrets (connection string, content keys) are arguments; the key names nothing
+            future = self.client.submit(run_shard, self.setup, shard, key=shard.key, pure=False)
+        except Exception as e:  # a closed client: its scheduler is gone (a loop callback)
+            self._cluster_lost(f"lost the Dask scheduler ({_reason(e)})")
+            for item in items:
+                self._resolve(file_result(item.record.file_id, "lost", reason=_reason(e)))
+            self._unanswered.pop(shard.key, None)
+            return
         self.shards_submitted += 1
         t = asyncio.ensure_future(self._await_shard(future, shard))
         self._shards[t] = shard.key
@@ -168,6 +204,11 @@ class Dispatcher:
             why = _reason(e)
         finally:
             future.release()
+        if future.status == "cancelled" and self.client.status != "running":
+            # Dask cancels every future of a client that lost its scheduler, and a scheduler
+            # that comes back knows none of them: the job stops here, resumable, instead of
+            # sending the files again into a connection that may never return
+            self._cluster_lost(f"lost the Dask scheduler (the client is {self.client.status})")
         if why:  # KilledWorker, StaleShard, EngineStopped, ...
             self.shards_lost += 1
             log.info("a shard of %d files was lost (%s): retrying its files", len(shard.items), why)
@@ -175,6 +216,17 @@ class Dispatcher:
             reason = why or f"no answer (its shard {future.status})"
             self._resolve(file_result(item.record.file_id, "lost", reason=reason))
         self._unanswered.pop(shard.key, None)
+
+    def _cluster_lost(self, what: str) -> None:
+        """The job stops (its task owner fails it): its cluster cannot take shards any more."""
+        error = ClusterError(
+            self.where,
+            f"{what}: the job stops; run it again to resume it (what was acknowledged is kept)",
+        )
+        if self.ctx.owner is not None:
+            self.ctx.owner.fail(error)
+        else:  # no file is being sent: nothing waits to be told
+            log.warning("%s", error.one_line())
 
     def _resolve(self, result: dict[str, Any]) -> None:
         waiting = self._waiting.get(result["file_id"])

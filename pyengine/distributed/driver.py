@@ -218,11 +218,14 @@ class DistributedJob(_Job):
                 sum(v is True for v in opened.values()),
                 len(opened),
             )
+        if self.client.status != "running":  # the scheduler is gone: nothing to reach
+            log.info("cannot close the job's engines: the client is %s", self.client.status)
+            return
         try:
             stats = await self.client.run(close_engine, setup.token, on_error="ignore")
             self.worker_stats = [s for s in stats.values() if isinstance(s, dict)]
             await self.client.set_metadata([setup.topic], 0)  # the job's shard marks
-        except (OSError, TimeoutError, RuntimeError) as e:
+        except Exception as e:  # a cluster gone (ClosedClientError, OSError, a timeout)
             log.info("cannot close the job's engines on the cluster: %s", redact(str(e)))
 
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from pyengine import CopyOptions
+from pyengine.distributed import dispatch
 from pyengine.distributed.dispatch import Dispatcher
 from pyengine.distributed.shard import SHARD_LINGER_S, SHARDS_AHEAD, SetUp, WorkItem, file_result
 from pyengine.distributed.worker import EVENT_ANSWER_S, EVENT_BATCH, EventBatch
 from pyengine.engine.context import JobContext
 from pyengine.engine.scan import SourceFile
+from pyengine.engine.taskowner import TaskOwner
+from pyengine.errors import ClusterError
 from pyengine.state.records import FileRecord
 
 
@@ -61,6 +66,11 @@ class FakeFuture:
 class FakeClient:
     def __init__(self) -> None:
         self.submitted: list[tuple[Any, FakeFuture]] = []
+        self.status = "running"
+        self.workers = 1
+
+    def scheduler_info(self) -> dict[str, Any]:
+        return {"n_workers": self.workers}
 
     def submit(self, fn: Any, setup: SetUp, shard: Any, *, key: str, pure: bool) -> FakeFuture:
         future = FakeFuture()
@@ -209,6 +219,42 @@ def test_a_shard_that_ended_in_a_cancelled_error_on_its_worker_loses_its_files()
         await d.stop()
 
     asyncio.run(main())
+
+
+def test_a_cluster_left_without_workers_fails_the_job_while_files_wait(monkeypatch) -> None:
+    monkeypatch.setattr(dispatch, "NO_WORKERS_S", 0.2)
+    monkeypatch.setattr(dispatch, "NO_WORKERS_POLL_S", 0.01)
+
+    async def main() -> None:
+        d, client = dispatcher()
+        async with TaskOwner() as owner:
+            d.ctx.owner = owner
+            sends = [owner.spawn(d.send(item(i))) for i in (1, 2)]
+            await turns()
+            client.workers = 0  # every worker of the cluster is gone; Dask would wait
+            await asyncio.sleep(5)
+        pytest.fail(f"the job was not stopped ({sends})")
+
+    with pytest.raises(ClusterError, match="has had no worker for 0 s"):
+        asyncio.run(main())
+
+
+def test_a_client_that_lost_its_scheduler_stops_the_job_at_once() -> None:
+    async def main() -> None:
+        d, client = dispatcher()
+        async with TaskOwner() as owner:
+            d.ctx.owner = owner
+            owner.spawn(d.send(item(1)))
+            await turns()
+            ((_, future),) = client.submitted
+            # Dask cancels every future of a client whose scheduler connection dropped
+            client.status = "connecting"
+            future.cancel()
+            await asyncio.sleep(5)
+        pytest.fail("the job was not stopped")
+
+    with pytest.raises(ClusterError, match="lost the Dask scheduler"):
+        asyncio.run(asyncio.wait_for(main(), timeout=10))
 
 
 def test_a_done_event_leaves_at_once_from_a_drained_engine_while_acks_wait() -> None:
