@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -295,6 +296,52 @@ def test_an_engine_that_fails_mid_job_loses_its_shards_and_the_job_completes(
     assert_committed_once(fault_proxy.forwarded, files)
     assert_destination_holds(azurite, container, files)
     assert journal_states(opts.journal_path, report.job_id) == {"committed": len(files)}
+
+
+def test_a_scheduler_killed_mid_job_stops_it_resumably_with_one_reason(
+    azurite, container, tmp_path: Path
+) -> None:
+    sizes = {f"big/{i}.bin": 4 * MiB + i for i in range(4)}
+    sizes.update({f"small/{i:02d}.dcm": 2 * KiB + i for i in range(12)})
+    files = make_tree(tmp_path / "src", sizes)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+         "--port", str(port), "--dashboard-address", "127.0.0.1:0"], **quiet,
+    )  # fmt: skip
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "2",
+         "--no-dashboard"], **quiet,
+    )  # fmt: skip
+    try:
+
+        def on_event(e: Event) -> None:  # a block of a large file is journaled: mid-job
+            if e.kind == "progress" and (e.path or "").startswith("big/"):
+                scheduler.kill()
+
+        opts = options(azurite, tmp_path, scheduler=address, cap_mbps=40)
+        started = time.monotonic()
+        job = pyengine.copy(tmp_path / "src", container, opts, on_event=on_event)
+        with pytest.raises(pyengine.PyEngineError) as stopped:  # a hang fails: TimeoutError
+            asyncio.run(asyncio.wait_for(job, timeout=60))
+        assert scheduler.poll() is not None, "the job ended before the scheduler was killed"
+        # at once, not after Dask's 60 s of reconnecting, and in one line
+        assert time.monotonic() - started < 30
+        assert type(stopped.value).__name__ == "ClusterError"
+        assert stopped.value.one_line().startswith(f"{address}: lost the Dask scheduler")
+    finally:
+        for p in (scheduler, worker):
+            p.kill()
+            p.wait(timeout=30)
+    # the same job, in one process: resumed, every file there once
+    report = asyncio.run(pyengine.copy(tmp_path / "src", container, options(azurite, tmp_path)))
+    assert report.ok, report.failures
+    assert report.files_copied + report.files_skipped == len(files)
+    assert_destination_holds(azurite, container, files)
 
 
 def test_workers_flag_runs_an_embedded_cluster_with_clean_json_output(
