@@ -90,7 +90,13 @@ class Dispatcher:
         since: float | None = None
         while True:
             await asyncio.sleep(NO_WORKERS_POLL_S)
-            if self.client.status != "running" or worker_count(self.client.scheduler_info()):
+            try:
+                running = self.client.status == "running"
+                workers = worker_count(self.client.scheduler_info()) if running else 0
+            except Exception as e:  # a client closing under it: _await_shard reports that
+                log.debug("cannot read the cluster's workers: %s", redact(str(e)))
+                continue
+            if not running or workers:
                 since = None  # a client without its scheduler is _await_shard's to report
                 continue
             since = loop.time() if since is None else since
