@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from pyengine.engine.restore import RestoreOptions, RestoreReport, restore
     from pyengine.errors import (
         AuthError,
+        ClusterError,
         ConfigError,
         DestinationError,
         FileChangedError,
@@ -49,6 +50,7 @@ _EXPORTS = {
     "IntegrityError": "pyengine.errors",
     "JournalError": "pyengine.errors",
     "PyEngineError": "pyengine.errors",
+    "ClusterError": "pyengine.errors",
     "SourceError": "pyengine.errors",
     "CopyOptions": "pyengine.options",
     "RetryPolicy": "pyengine.options",
@@ -61,6 +63,7 @@ _EXPORTS = {
 
 __all__ = [
     "AuthError",
+    "ClusterError",
     "ConfigError",
     "CopyOptions",
     "CopyReport",

@@ -96,7 +96,7 @@ class Dispatcher:
             except Exception as e:  # a client closing under it: _await_shard reports that
                 log.debug("cannot read the cluster's workers: %s", redact(str(e)))
                 continue
-            if not running or workers:
+            if not running or workers or not self._unanswered:
                 since = None  # a client without its scheduler is _await_shard's to report
                 continue
             since = loop.time() if since is None else since
@@ -113,6 +113,7 @@ class Dispatcher:
             self._timer.cancel()
         if self._watch is not None:
             self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         busy = {t for t, key in self._shards.items() if key in self._unanswered}
         if busy and wait:
             await asyncio.wait(busy, timeout=SHARD_RETURN_WAIT_S)
@@ -171,13 +172,21 @@ class Dispatcher:
             waiting = self._waiting.get(item.record.file_id)
             if waiting is not None:
                 waiting.shard_key = shard.key
-        try:
-            # secrets (connection string, content keys) are arguments; the key names nothing
-            future = self.client.submit(run_shard, self.setup, shard, key=shard.key, pure=False)
-        except Exception as e:  # a closed client: its scheduler is gone (a loop callback)
-            self._cluster_lost(f"lost the Dask scheduler ({_reason(e)})")
+        why = ""
+        if self.client.status != "running":  # reconnecting or closing: the shard would wait
+            why = f"the client is {self.client.status}"
+            self._cluster_lost(f"lost the Dask scheduler ({why})")
+        else:
+            try:
+                # secrets (connection string, content keys) are arguments; the key names nothing
+                future = self.client.submit(run_shard, self.setup, shard, key=shard.key, pure=False)
+            except Exception as e:  # a loop callback: the files hear of it, never the loop
+                why = _reason(e)
+                if self.client.status != "running":
+                    self._cluster_lost(f"lost the Dask scheduler ({why})")
+        if why:
             for item in items:
-                self._resolve(file_result(item.record.file_id, "lost", reason=_reason(e)))
+                self._resolve(file_result(item.record.file_id, "lost", reason=why))
             self._unanswered.pop(shard.key, None)
             return
         self.shards_submitted += 1
@@ -210,7 +219,8 @@ class Dispatcher:
             why = _reason(e)
         finally:
             future.release()
-        if future.status == "cancelled" and self.client.status != "running":
+        unanswered = shard.key in self._unanswered  # else it has done all it will do
+        if unanswered and future.status == "cancelled" and self.client.status != "running":
             # Dask cancels every future of a client that lost its scheduler, and a scheduler
             # that comes back knows none of them: the job stops here, resumable, instead of
             # sending the files again into a connection that may never return

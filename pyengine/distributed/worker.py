@@ -96,7 +96,10 @@ async def _engine(setup: SetUp, worker: Any) -> WorkerEngine:
 def _unusable(opening: asyncio.Future[WorkerEngine]) -> bool:
     if not opening.done():
         return False
-    return opening.cancelled() or opening.exception() is not None or opening.result().broken
+    if opening.cancelled() or opening.exception() is not None:
+        return True
+    engine = opening.result()
+    return engine.broken or engine.owner.failure is not None
 
 
 async def open_engine(setup: SetUp, dask_worker: Any = None) -> bool:
@@ -348,6 +351,9 @@ class WorkerEngine:
 
     async def run(self, shard: Shard) -> int:
         """Runs a shard on the engine and waits for it."""
+        if self.owner.failure is not None or self.owner.aborting:
+            # failed after this shard found it usable (_unusable): not a bare RuntimeError
+            self._engine_stopped()
         # owned like every task of the engine: a failure of the engine ends the shard too
         t = self.owner.spawn(self._run_shard(shard), name=shard.key)
         self._shard_tasks.add(t)
@@ -360,8 +366,16 @@ class WorkerEngine:
                 raise  # the shard itself was cancelled (the job stopped)
             # the engine's failure cancelled the shard: the driver reads why, not a bare
             # CancelledError
-            why = f"{type(failure).__name__}: {redact(str(failure))}"
-            raise EngineStopped(f"the worker's engine stopped ({why})") from None
+            self._engine_stopped()
+            raise  # unreachable: _engine_stopped raises
+
+    def _engine_stopped(self) -> None:
+        """Raises EngineStopped with the engine's failure, once the acks and results it had
+        are on their way (the driver journals them before it hears of the lost shard)."""
+        self.flush_events()
+        failure = self.owner.failure
+        why = f"{type(failure).__name__}: {redact(str(failure))}" if failure else "closing"
+        raise EngineStopped(f"the worker's engine stopped ({why})") from None
 
     async def close(self) -> dict[str, float]:
         """Ends the engine: shards still running (a stopped job) are cancelled."""

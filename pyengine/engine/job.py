@@ -397,7 +397,8 @@ async def copy(
     tenant's destination (engine/policy_job.py).
 
     Raises ConfigError (bad destination, missing source, no key), AuthError or
-    DestinationError when the job cannot start; per-file problems are counted in the report.
+    DestinationError when the job cannot start, ClusterError when a distributed job's cluster
+    is gone (resumable); per-file problems are counted in the report.
     """
     options = options or CopyOptions()
     source_path = os.path.abspath(os.fspath(source))

@@ -34,6 +34,8 @@ class FakeFuture:
 
     def __await__(self) -> Any:
         self.fetched += 1
+        if self.error is not None:  # as Dask's: awaiting a failed task raises its error
+            raise self.error
         return self.future.__await__()
 
     @property
@@ -237,6 +239,31 @@ def test_a_cluster_left_without_workers_fails_the_job_while_files_wait(monkeypat
 
     with pytest.raises(ClusterError, match="has had no worker for 0 s"):
         asyncio.run(main())
+
+
+def test_a_cluster_without_workers_while_no_file_waits_is_given_its_full_time(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(dispatch, "NO_WORKERS_S", 0.3)
+    monkeypatch.setattr(dispatch, "NO_WORKERS_POLL_S", 0.01)
+
+    async def main() -> None:
+        d, client = dispatcher()
+        async with TaskOwner() as owner:
+            d.ctx.owner = owner
+            client.workers = 0  # an adaptive cluster scaled to zero while nothing was sent
+            await asyncio.sleep(0.5)
+            owner.spawn(d.send(item(1)))
+            await asyncio.sleep(0.1)  # the clock starts with the waiting file, not before
+            assert owner.failure is None
+            client.workers = 1  # a worker came: the files go on
+            await asyncio.sleep(0.5)
+            assert owner.failure is None
+            ((_, future),) = client.submitted
+            future.future.set_result(1)
+            await d.stop(wait=False)
+
+    asyncio.run(main())
 
 
 def test_a_client_that_lost_its_scheduler_stops_the_job_at_once() -> None:

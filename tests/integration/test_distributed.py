@@ -331,15 +331,17 @@ def test_a_scheduler_killed_mid_job_stops_it_resumably_with_one_reason(
         assert scheduler.poll() is not None, "the job ended before the scheduler was killed"
         # at once, not after Dask's 60 s of reconnecting, and in one line
         assert time.monotonic() - started < 30
-        assert type(stopped.value).__name__ == "ClusterError"
+        assert isinstance(stopped.value, pyengine.ClusterError)
         assert stopped.value.one_line().startswith(f"{address}: lost the Dask scheduler")
     finally:
         for p in (scheduler, worker):
             p.kill()
             p.wait(timeout=30)
-    # the same job, in one process: resumed, every file there once
+    # the same job, in one process: resumed (the journal holds one job), every file there once
     report = asyncio.run(pyengine.copy(tmp_path / "src", container, options(azurite, tmp_path)))
     assert report.ok, report.failures
+    with Journal.open_existing(opts.journal_path) as journal:
+        assert [job.job_id for job in journal.list_jobs()] == [report.job_id]
     assert report.files_copied + report.files_skipped == len(files)
     assert_destination_holds(azurite, container, files)
 
