@@ -353,7 +353,7 @@ class WorkerEngine:
         """Runs a shard on the engine and waits for it."""
         if self.owner.failure is not None or self.owner.aborting:
             # failed after this shard found it usable (_unusable): not a bare RuntimeError
-            self._engine_stopped()
+            raise self._engine_stopped()
         # owned like every task of the engine: a failure of the engine ends the shard too
         t = self.owner.spawn(self._run_shard(shard), name=shard.key)
         self._shard_tasks.add(t)
@@ -366,16 +366,15 @@ class WorkerEngine:
                 raise  # the shard itself was cancelled (the job stopped)
             # the engine's failure cancelled the shard: the driver reads why, not a bare
             # CancelledError
-            self._engine_stopped()
-            raise  # unreachable: _engine_stopped raises
+            raise self._engine_stopped() from None
 
-    def _engine_stopped(self) -> None:
-        """Raises EngineStopped with the engine's failure, once the acks and results it had
-        are on their way (the driver journals them before it hears of the lost shard)."""
+    def _engine_stopped(self) -> EngineStopped:
+        """The shard's error, once the engine's acks and results are on their way (the driver
+        journals them before it hears of the lost shard)."""
         self.flush_events()
         failure = self.owner.failure
         why = f"{type(failure).__name__}: {redact(str(failure))}" if failure else "closing"
-        raise EngineStopped(f"the worker's engine stopped ({why})") from None
+        return EngineStopped(f"the worker's engine stopped ({why})")
 
     async def close(self) -> dict[str, float]:
         """Ends the engine: shards still running (a stopped job) are cancelled."""

@@ -6,6 +6,8 @@ real cluster runs in tests/integration/test_distributed.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -103,6 +105,20 @@ def dispatcher(workers: int = 1) -> tuple[Dispatcher, FakeClient]:
     d = Dispatcher(client, setup, ctx, workers)
     d.start()
     return d, client
+
+
+@contextlib.asynccontextmanager
+async def owned_dispatcher() -> AsyncIterator[tuple[Dispatcher, FakeClient, TaskOwner]]:
+    """A dispatcher inside a job's task owner, which a lost cluster fails."""
+    d, client = dispatcher()
+    async with TaskOwner() as owner:
+        d.ctx.owner = owner
+        yield d, client, owner
+
+
+def quick_no_worker_clock(monkeypatch: Any, seconds: float) -> None:
+    monkeypatch.setattr(dispatch, "NO_WORKERS_S", seconds)
+    monkeypatch.setattr(dispatch, "NO_WORKERS_POLL_S", 0.01)
 
 
 def answer(d: Dispatcher, *file_ids: int) -> None:
@@ -224,13 +240,10 @@ def test_a_shard_that_ended_in_a_cancelled_error_on_its_worker_loses_its_files()
 
 
 def test_a_cluster_left_without_workers_fails_the_job_while_files_wait(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "NO_WORKERS_S", 0.2)
-    monkeypatch.setattr(dispatch, "NO_WORKERS_POLL_S", 0.01)
+    quick_no_worker_clock(monkeypatch, 0.2)
 
     async def main() -> None:
-        d, client = dispatcher()
-        async with TaskOwner() as owner:
-            d.ctx.owner = owner
+        async with owned_dispatcher() as (d, client, owner):
             sends = [owner.spawn(d.send(item(i))) for i in (1, 2)]
             await turns()
             client.workers = 0  # every worker of the cluster is gone; Dask would wait
@@ -244,13 +257,10 @@ def test_a_cluster_left_without_workers_fails_the_job_while_files_wait(monkeypat
 def test_a_cluster_without_workers_while_no_file_waits_is_given_its_full_time(
     monkeypatch,
 ) -> None:
-    monkeypatch.setattr(dispatch, "NO_WORKERS_S", 0.3)
-    monkeypatch.setattr(dispatch, "NO_WORKERS_POLL_S", 0.01)
+    quick_no_worker_clock(monkeypatch, 0.3)
 
     async def main() -> None:
-        d, client = dispatcher()
-        async with TaskOwner() as owner:
-            d.ctx.owner = owner
+        async with owned_dispatcher() as (d, client, owner):
             client.workers = 0  # an adaptive cluster scaled to zero while nothing was sent
             await asyncio.sleep(0.5)
             owner.spawn(d.send(item(1)))
@@ -268,9 +278,7 @@ def test_a_cluster_without_workers_while_no_file_waits_is_given_its_full_time(
 
 def test_a_client_that_lost_its_scheduler_stops_the_job_at_once() -> None:
     async def main() -> None:
-        d, client = dispatcher()
-        async with TaskOwner() as owner:
-            d.ctx.owner = owner
+        async with owned_dispatcher() as (d, client, owner):
             owner.spawn(d.send(item(1)))
             await turns()
             ((_, future),) = client.submitted
